@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create .venv, install Pasture, run the main job (no download needed)
+#   make test   create .venv, install Pasture with test extras, run every test
+PYTHON ?= python3.11
+VENV ?= .venv
+# A torch build pip can find. Override for GPU machines, e.g. TORCH=torch (any release >= 2.5).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+SHARED_DATA ?= $(abspath ../shared/data)
+export PASTURE_DATA ?= $(SHARED_DATA)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test lint install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[gguf,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/pasture demo --workdir runs/demo
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

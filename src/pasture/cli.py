@@ -1,0 +1,273 @@
+"""``pasture <verb>``: one table of subcommands.
+
+    pasture info 7B                                  # a preset's config and parameter count
+    pasture info path/to/checkpoint                  # any format: Meta, HF, llama2.c, GGUF
+    pasture convert stories260K.bin out-hf --to hf --tokenizer tok512.model
+    pasture init debug model-dir --tokenizer tokenizer.model
+    pasture generate --checkpoint out-hf --prompt "Once upon a time" --max-new-tokens 50
+    pasture tokenizer train --out tokenizer.model --vocab-size 32000   # default corpus: stdlib
+    pasture demo
+
+User errors print one line, ``pasture: error: …``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import interop
+from .data.corpus import default_corpus_files
+from .data.tokenizer import Tokenizer, train_tokenizer
+from .errors import PastureError
+from .generate import generate
+from .interop import Checkpoint
+from .model import PRESETS, Transformer, count_parameters, preset
+
+DEVICE_HELP = "cpu, cuda, cuda:1, mps … (default: cuda if available, else cpu)"
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise PastureError(f"--device {name!r}: {e}") from None
+
+
+def _tokenizer_arg(path: str | None) -> Tokenizer | None:
+    return Tokenizer.from_file(path) if path else None
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    if args.target in PRESETS:
+        config, fmt, tokenizer = PRESETS[args.target], "preset", None
+    else:
+        ckpt = interop.load(args.target)
+        config, fmt, tokenizer = ckpt.args, ckpt.format, ckpt.tokenizer
+    info = {
+        "format": fmt,
+        "parameters": count_parameters(config),
+        "config": {**vars(config), "ffn_hidden_dim": config.ffn_hidden_dim},
+        "tokenizer": None if tokenizer is None else {"vocab_size": tokenizer.vocab_size},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"format      {fmt}")
+    print(f"parameters  {info['parameters']:,}")
+    for key, value in info["config"].items():
+        print(f"{key:<19} {value}")
+    print(f"tokenizer   {'none' if tokenizer is None else f'{tokenizer.vocab_size} pieces'}")
+
+
+def _save_options(args: argparse.Namespace) -> dict:
+    options: dict = {}
+    if args.to == "meta" and args.shards != 1:
+        options["shards"] = args.shards
+    if args.to == "llama2c":
+        options["version"] = args.llama2c_version
+    return options
+
+
+def _target_format(args: argparse.Namespace) -> str:
+    if args.to:
+        return args.to
+    suffix = Path(args.dst).suffix
+    inferred = {".gguf": "gguf", ".bin": "llama2c"}.get(suffix)
+    if inferred is None:
+        raise PastureError(f"{args.dst}: say which format to write with --to {{meta,hf,…}}")
+    return inferred
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    args.to = _target_format(args)
+    ckpt = interop.load(args.src, tokenizer=args.tokenizer)
+    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, **_save_options(args))
+    print(f"{args.src} ({ckpt.format}) -> {args.dst} ({args.to})", file=sys.stderr)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    if args.preset not in PRESETS:
+        raise PastureError(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
+    args.to = _target_format(args)
+    tokenizer = _tokenizer_arg(args.tokenizer)
+    overrides = {}
+    if tokenizer is not None:
+        overrides["vocab_size"] = tokenizer.vocab_size
+    if args.vocab_size:
+        overrides["vocab_size"] = args.vocab_size
+    config = preset(args.preset, **overrides)
+    model = Transformer(config)
+    model.init_weights(seed=args.seed)
+    ckpt = Checkpoint.from_model(model, tokenizer)
+    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, **_save_options(args))
+    params = count_parameters(config)
+    print(f"{args.preset}: {params:,} parameters -> {args.dst} ({args.to})", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    ckpt = interop.load(args.checkpoint, tokenizer=args.tokenizer)
+    if ckpt.tokenizer is None:
+        raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
+    model = ckpt.to_model(device=_device(args.device))
+    prompts = args.prompt or [""]
+    if len(prompts) == 1:
+        sys.stdout.write(prompts[0])
+        sys.stdout.flush()
+
+        def stream(fragment: str) -> None:
+            sys.stdout.write(fragment)
+            sys.stdout.flush()
+
+        generate(
+            model,
+            ckpt.tokenizer,
+            prompts[0],
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.top_k,
+            args.seed,
+            stream=stream,
+        )
+        sys.stdout.write("\n")
+        return
+    outs = generate(
+        model,
+        ckpt.tokenizer,
+        prompts,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_p,
+        args.top_k,
+        args.seed,
+    )
+    for prompt, out in zip(prompts, outs, strict=True):
+        print(json.dumps({"prompt": prompt, "completion": out}, ensure_ascii=False))
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    files = [Path(p) for p in args.input] if args.input else default_corpus_files(args.max_bytes)
+    for file in files:
+        if not file.is_file():
+            raise PastureError(f"{file}: no such file")
+    tokenizer = train_tokenizer(files, Path(args.out), vocab_size=args.vocab_size)
+    print(f"{tokenizer.vocab_size} pieces from {len(files)} files -> {args.out}", file=sys.stderr)
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> None:
+    tokenizer = Tokenizer.from_file(args.tokenizer)
+    print(" ".join(map(str, tokenizer.encode(args.text, bos=args.bos, eos=args.eos))))
+
+
+def cmd_tokenizer_decode(args: argparse.Namespace) -> None:
+    tokenizer = Tokenizer.from_file(args.tokenizer)
+    try:
+        ids = [int(i) for i in args.ids]
+    except ValueError:
+        raise PastureError(f"token ids must be integers, got {' '.join(args.ids)!r}") from None
+    bad = [i for i in ids if not 0 <= i < tokenizer.vocab_size]
+    if bad:
+        raise PastureError(f"{args.tokenizer}: id {bad[0]} outside 0..{tokenizer.vocab_size - 1}")
+    print(tokenizer.decode(ids))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(args.workdir), data=Path(args.data) if args.data else None)
+
+
+def _add_save_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", choices=sorted(interop.FORMATS), help="format to write")
+    p.add_argument("--dtype", choices=sorted(interop.DTYPES), help="weight dtype to write")
+    p.add_argument("--tokenizer", help="SentencePiece .model to carry with the checkpoint")
+    p.add_argument("--shards", type=int, default=1, help="Meta model-parallel shards to write")
+    p.add_argument("--llama2c-version", type=int, choices=(0, 1), default=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pasture", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("info", help="config, parameter count and format of a checkpoint")
+    p.add_argument("target", help=f"a checkpoint path or a preset ({', '.join(PRESETS)})")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="convert between Meta, HF, llama2.c and GGUF")
+    p.add_argument("src")
+    p.add_argument("dst")
+    _add_save_arguments(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("init", help="write a randomly initialized model of a preset size")
+    p.add_argument("preset", help=", ".join(PRESETS))
+    p.add_argument("dst")
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    _add_save_arguments(p)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("generate", help="continue a prompt (streams to stdout)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tokenizer")
+    p.add_argument("--prompt", action="append", help="repeat for a batch (one JSON line each)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_generate)
+
+    tok = sub.add_parser("tokenizer", help="train, encode, decode").add_subparsers(
+        dest="action", required=True
+    )
+    p = tok.add_parser("train", help="SentencePiece BPE with the paper's settings")
+    p.add_argument("--input", nargs="*", help="text files (default: Python's stdlib sources)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--max-bytes", type=int, default=None, help="cap on default-corpus bytes")
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = tok.add_parser("encode")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--bos", action="store_true")
+    p.add_argument("--eos", action="store_true")
+    p.add_argument("text")
+    p.set_defaults(func=cmd_tokenizer_encode)
+    p = tok.add_parser("decode")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=cmd_tokenizer_decode)
+
+    p = sub.add_parser("demo", help="the main job on data that needs no download")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--data", help="shared data folder (default: $PASTURE_DATA or ../shared/data)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except PastureError as e:
+        print(f"pasture: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pasture: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""GGUF, llama.cpp's single-file format, via the ``gguf`` package (``pip install 'pasture[gguf]'``).
+
+Read: architecture ``llama`` only; F32, F16, BF16 and the quantized types that
+``gguf.quants.dequantize`` knows are converted to float32; an embedded SentencePiece
+(``tokenizer.ggml.model == "llama"``) vocabulary becomes a :class:`Tokenizer`. Write: F32, or F16
+matrices with F32 norms (what llama.cpp calls "mostly F16"), plus the tokenizer.
+
+llama.cpp's converter undoes Hugging Face's rotary permutation, so GGUF q/k rows are already in
+Meta's interleaved layout and nothing is permuted here (``tests/test_gguf.py`` checks this against
+transformers' own GGUF converter).
+
+    >>> ckpt = load(Path("llama-2-tiny-random.gguf"))
+    >>> save(ckpt, Path("copy.gguf"), dtype="f16")
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.tokenizer import Tokenizer
+from ..errors import PastureError
+from ..model import ModelArgs
+from .checkpoint import Checkpoint, atomic_path
+
+MAGIC = b"GGUF"
+
+_TOP_KEYS = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+_LAYER_KEYS = {
+    "attn_q": "attention.wq",
+    "attn_k": "attention.wk",
+    "attn_v": "attention.wv",
+    "attn_output": "attention.wo",
+    "ffn_gate": "feed_forward.w1",
+    "ffn_down": "feed_forward.w2",
+    "ffn_up": "feed_forward.w3",
+    "attn_norm": "attention_norm",
+    "ffn_norm": "ffn_norm",
+}
+_GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
+_META_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight$")
+
+
+def _gguf() -> ModuleType:
+    try:
+        import gguf
+    except ImportError:
+        raise PastureError(
+            "GGUF support needs the gguf package: pip install 'pasture[gguf]'"
+        ) from None
+    return gguf
+
+
+def detect(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == MAGIC
+
+
+def meta_key(name: str, source: Path) -> str:
+    if name in _TOP_KEYS:
+        return _TOP_KEYS[name]
+    match = _GGUF_LAYER.match(name)
+    if match is None or match.group(2) not in _LAYER_KEYS:
+        raise PastureError(f"{source}: unexpected tensor {name} for a LLaMA model")
+    return f"layers.{match.group(1)}.{_LAYER_KEYS[match.group(2)]}.weight"
+
+
+def gguf_name(key: str) -> str:
+    for name, meta in _TOP_KEYS.items():
+        if meta == key:
+            return name
+    layer, part = _META_LAYER.match(key).groups()
+    short = next(k for k, v in _LAYER_KEYS.items() if v == part)
+    return f"blk.{layer}.{short}.weight"
+
+
+def _value(field: Any, gguf: ModuleType) -> Any:
+    """A reader field's value as Python: str, int, float or a list of them."""
+    kinds = gguf.GGUFValueType
+
+    def decode(part: np.ndarray, kind: Any) -> Any:
+        return bytes(part).decode("utf-8") if kind == kinds.STRING else part.tolist()[0]
+
+    if field.types[0] == kinds.ARRAY:
+        return [decode(field.parts[i], field.types[-1]) for i in field.data]
+    return decode(field.parts[field.data[0]], field.types[0])
+
+
+def _float32(value: float) -> float:
+    """The shortest decimal of a float32 field (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
+
+
+def load(path: Path) -> Checkpoint:
+    gguf = _gguf()
+    try:
+        reader = gguf.GGUFReader(path, "r")
+        fields = {name: _value(field, gguf) for name, field in reader.fields.items()}
+        tensors = list(reader.tensors)
+    except OSError as e:
+        raise PastureError(f"{path}: cannot read ({e})") from None
+    except (ValueError, IndexError, KeyError, OverflowError, EOFError) as e:
+        raise PastureError(
+            f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})"
+        ) from None
+
+    arch = fields.get("general.architecture")
+    if arch != "llama":
+        raise PastureError(
+            f"{path}: GGUF architecture {arch!r} is not 'llama'; only LLaMA models can be read"
+        )
+    scaling = fields.get("llama.rope.scaling.type", "none")
+    if scaling != "none":
+        raise PastureError(f"{path}: rope scaling {scaling!r} is not supported")
+
+    state: dict[str, torch.Tensor] = {}
+    tensor_types: dict[str, str] = {}
+    for tensor in tensors:
+        key = meta_key(tensor.name, path)
+        state[key] = _dequantize(tensor, gguf, path)
+        tensor_types[tensor.name] = tensor.tensor_type.name
+    if "tok_embeddings.weight" not in state:
+        raise PastureError(f"{path}: no token_embd.weight tensor")
+
+    def need(key: str) -> Any:
+        if key not in fields:
+            raise PastureError(f"{path}: GGUF metadata lacks {key}")
+        return fields[key]
+
+    n_heads = need("llama.attention.head_count")
+    try:
+        args = ModelArgs(
+            dim=need("llama.embedding_length"),
+            n_layers=need("llama.block_count"),
+            n_heads=n_heads,
+            n_kv_heads=fields.get("llama.attention.head_count_kv", n_heads),
+            vocab_size=state["tok_embeddings.weight"].shape[0],
+            hidden_dim=need("llama.feed_forward_length"),
+            norm_eps=_float32(need("llama.attention.layer_norm_rms_epsilon")),
+            rope_theta=_float32(fields.get("llama.rope.freq_base", 10000.0)),
+            max_seq_len=need("llama.context_length"),
+            tie_embeddings="output.weight" not in state,
+        )
+    except ValueError as e:
+        raise PastureError(f"{path}: {e}") from None
+    if fields.get("llama.vocab_size", args.vocab_size) != args.vocab_size:
+        raise PastureError(
+            f"{path}: llama.vocab_size {fields['llama.vocab_size']} != "
+            f"token_embd rows {args.vocab_size}"
+        )
+    rope_dims = fields.get("llama.rope.dimension_count", args.head_dim)
+    if rope_dims != args.head_dim:
+        raise PastureError(
+            f"{path}: llama.rope.dimension_count {rope_dims} != head dim {args.head_dim}; "
+            "partial rotary embeddings are not part of LLaMA"
+        )
+
+    metadata: dict[str, object] = {
+        "name": fields.get("general.name", ""),
+        "tensor_types": tensor_types,
+    }
+    tokenizer = None
+    tokenizer_model = fields.get("tokenizer.ggml.model")
+    if tokenizer_model == "llama":
+        tokenizer = _tokenizer(fields, path)
+    elif tokenizer_model is not None:
+        metadata["tokenizer"] = (
+            f"embedded {tokenizer_model!r} tokenizer not loaded: only SentencePiece ('llama') "
+            "vocabularies are supported"
+        )
+    ckpt = Checkpoint(args, state, tokenizer, str(path), "gguf", metadata)
+    ckpt.validate()
+    return ckpt
+
+
+def _dequantize(tensor: Any, gguf: ModuleType, path: Path) -> torch.Tensor:
+    shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists ne0 (a row) first
+    try:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise PastureError(
+            f"{path}: tensor {tensor.name} has type {tensor.tensor_type.name}, "
+            "which cannot be converted to float32"
+        ) from None
+    return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
+
+
+def _tokenizer(fields: dict[str, Any], path: Path) -> Tokenizer:
+    pieces = fields.get("tokenizer.ggml.tokens")
+    if pieces is None:
+        raise PastureError(f"{path}: tokenizer.ggml.model is 'llama' but there are no tokens")
+    scores = fields.get("tokenizer.ggml.scores", [0.0] * len(pieces))
+    types = fields.get("tokenizer.ggml.token_type", [1] * len(pieces))
+    return Tokenizer.from_vocab(
+        pieces,
+        scores,
+        types,
+        unk_id=fields.get("tokenizer.ggml.unknown_token_id", 0),
+        bos_id=fields.get("tokenizer.ggml.bos_token_id", 1),
+        eos_id=fields.get("tokenizer.ggml.eos_token_id", 2),
+        source=f"{path} (embedded)",
+    )
+
+
+def save(ckpt: Checkpoint, path: Path, dtype: str = "f32") -> None:
+    """Write a llama GGUF: ``dtype="f32"``, or ``"f16"`` for matrices (norms stay F32)."""
+    if dtype not in ("f32", "f16"):
+        raise PastureError(f"{path}: GGUF dtype {dtype!r} cannot be written; choose f32 or f16")
+    gguf = _gguf()
+    ckpt.validate()
+    args = ckpt.args
+    arrays = {}
+    for key in ckpt.expected_shapes():
+        if key == "output.weight" and args.tie_embeddings:
+            continue  # llama.cpp ties the classifier when output.weight is absent
+        tensor = ckpt.state_dict[key].detach().to("cpu", torch.float32)
+        if dtype == "f16" and tensor.ndim == 2:
+            half = tensor.half()
+            if torch.isinf(half).any() and not torch.isinf(tensor).any():
+                raise PastureError(f"{path}: {key} has values beyond float16's range; use f32")
+            tensor = half
+        arrays[gguf_name(key)] = tensor.contiguous().numpy()
+
+    with atomic_path(path, is_dir=False) as tmp:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        writer.add_name(str(ckpt.metadata.get("name") or path.stem))
+        writer.add_vocab_size(args.vocab_size)
+        writer.add_context_length(args.max_seq_len)
+        writer.add_embedding_length(args.dim)
+        writer.add_block_count(args.n_layers)
+        writer.add_feed_forward_length(args.ffn_hidden_dim)
+        writer.add_rope_dimension_count(args.head_dim)
+        writer.add_head_count(args.n_heads)
+        writer.add_head_count_kv(args.kv_heads)
+        writer.add_layer_norm_rms_eps(args.norm_eps)
+        writer.add_rope_freq_base(args.rope_theta)
+        file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+        writer.add_file_type(file_type)
+        if ckpt.tokenizer is not None:
+            pieces, scores, types = ckpt.tokenizer.vocab()
+            writer.add_tokenizer_model("llama")
+            writer.add_token_list(pieces)
+            writer.add_token_scores(scores)
+            writer.add_token_types(types)
+            writer.add_bos_token_id(ckpt.tokenizer.bos_id)
+            writer.add_eos_token_id(ckpt.tokenizer.eos_id)
+            writer.add_unk_token_id(ckpt.tokenizer.unk_id)
+        for name, array in arrays.items():
+            writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+
+__all__ = ["detect", "load", "save", "meta_key", "gguf_name", "MAGIC"]

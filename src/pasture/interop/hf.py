@@ -1,0 +1,206 @@
+"""Hugging Face's format: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``).
+
+Hugging Face's ``LlamaForCausalLM`` rotates the two halves of each head instead of Meta's
+interleaved pairs, so its conversion script permutes the rows of ``wq`` and ``wk``; we apply
+that permutation on the way out and its inverse on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..data.tokenizer import Tokenizer
+from ..errors import PastureError
+from ..model import ModelArgs
+from .checkpoint import Checkpoint, atomic_path
+
+_LAYER_KEYS = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_TOP_KEYS = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight$")
+_META_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight$")
+
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def permute_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta's interleaved rotary rows → Hugging Face's rotate-half rows (their conversion)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def permute_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_key(meta_key: str) -> str:
+    if meta_key in _TOP_KEYS.values():
+        return next(k for k, v in _TOP_KEYS.items() if v == meta_key)
+    layer, name = _META_LAYER.match(meta_key).groups()
+    hf_name = next(k for k, v in _LAYER_KEYS.items() if v == name)
+    return f"model.layers.{layer}.{hf_name}.weight"
+
+
+def meta_key(key: str, source: Path) -> str:
+    if key in _TOP_KEYS:
+        return _TOP_KEYS[key]
+    match = _HF_LAYER.match(key)
+    if match is None or match.group(2) not in _LAYER_KEYS:
+        raise PastureError(f"{source}: unexpected tensor {key} for a Llama model")
+    return f"layers.{match.group(1)}.{_LAYER_KEYS[match.group(2)]}.weight"
+
+
+def args_from_config(config: dict, source: Path) -> ModelArgs:
+    if config.get("model_type") != "llama":
+        raise PastureError(f"{source}: model_type {config.get('model_type')!r} is not 'llama'")
+    if config.get("hidden_act", "silu") != "silu":
+        raise PastureError(f"{source}: hidden_act {config['hidden_act']!r} is not 'silu'")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise PastureError(f"{source}: biases are not part of the LLaMA architecture")
+    rope = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    for kind in (rope.get("rope_type", "default"), scaling.get("rope_type", "default")):
+        if kind != "default":
+            raise PastureError(f"{source}: rope scaling {kind!r} is not supported")
+    try:
+        dim, heads = config["hidden_size"], config["num_attention_heads"]
+        if config.get("head_dim") not in (None, dim // heads):
+            raise PastureError(f"{source}: head_dim {config['head_dim']} != hidden_size / heads")
+        return ModelArgs(
+            dim=dim,
+            n_layers=config["num_hidden_layers"],
+            n_heads=heads,
+            n_kv_heads=config.get("num_key_value_heads"),
+            vocab_size=config["vocab_size"],
+            hidden_dim=config["intermediate_size"],
+            norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+            max_seq_len=config.get("max_position_embeddings", 2048),
+            tie_embeddings=config.get("tie_word_embeddings", False),
+        )
+    except KeyError as e:
+        raise PastureError(f"{source}: config.json lacks {e.args[0]!r}") from None
+    except ValueError as e:
+        raise PastureError(f"{source}: {e}") from None
+
+
+def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads,
+        "head_dim": args.head_dim,
+        "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({path / name for name in weight_map.values()})
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    elif (path / "pytorch_model.bin").is_file():
+        files = [path / "pytorch_model.bin"]
+    else:
+        raise PastureError(f"{path}: no model.safetensors (or pytorch_model.bin) next to config")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                tensors.update(load_file(file))
+            else:
+                tensors.update(torch.load(file, map_location="cpu", weights_only=True))
+        except (SafetensorError, OSError, RuntimeError, EOFError) as e:
+            raise PastureError(f"{file}: truncated or corrupt checkpoint ({e})") from None
+    return tensors
+
+
+def load(path: Path) -> Checkpoint:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PastureError(f"{path / 'config.json'}: unreadable ({e})") from None
+    args = args_from_config(config, path / "config.json")
+    state = {}
+    for key, tensor in _read_tensors(path).items():
+        if key.endswith("rotary_emb.inv_freq"):
+            continue  # older transformers saved the rotary table; we recompute it
+        name = meta_key(key, path)
+        if name.endswith("attention.wq.weight"):
+            tensor = permute_from_hf(tensor, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            tensor = permute_from_hf(tensor, args.kv_heads)
+        state[name] = tensor
+    tokenizer = None
+    if (path / "tokenizer.model").is_file():
+        tokenizer = Tokenizer.from_file(path / "tokenizer.model")
+    ckpt = Checkpoint(args, state, tokenizer, source=str(path), format="hf")
+    ckpt.validate()
+    return ckpt
+
+
+def save(ckpt: Checkpoint, path: Path) -> None:
+    """Write ``path/config.json``, ``model.safetensors`` and, with a tokenizer, its files."""
+    args = ckpt.args
+    tensors = {}
+    for name, tensor in ckpt.state_dict.items():
+        if args.tie_embeddings and name == "output.weight":
+            continue  # safetensors stores no aliases; tie_word_embeddings restores it
+        if name.endswith("attention.wq.weight"):
+            tensor = permute_to_hf(tensor, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            tensor = permute_to_hf(tensor, args.kv_heads)
+        tensors[hf_key(name)] = tensor.contiguous()
+    dtype = ckpt.state_dict["tok_embeddings.weight"].dtype
+    with atomic_path(path, is_dir=True) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config_from_args(args, dtype), indent=2))
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        if ckpt.tokenizer is not None:
+            ckpt.tokenizer.save(tmp / "tokenizer.model")
+            tok = ckpt.tokenizer
+            special = {
+                "bos_token": tok.id_to_piece(tok.bos_id),
+                "eos_token": tok.id_to_piece(tok.eos_id),
+                "unk_token": tok.id_to_piece(tok.unk_id),
+            }
+            tokenizer_config = {"tokenizer_class": "LlamaTokenizer", **special}
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))

@@ -1,0 +1,172 @@
+"""Meta's checkpoint format: ``params.json`` + ``consolidated.NN.pth`` (+ ``tokenizer.model``).
+
+Model-parallel shards are split the way Meta's release split them: ``wq wk wv w1 w3 output``
+along the output dimension (rows), ``wo w2`` along the input dimension (columns),
+``tok_embeddings`` along the model dimension (columns); norms are replicated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data.tokenizer import Tokenizer
+from ..errors import PastureError
+from ..model import ModelArgs
+from .checkpoint import Checkpoint, atomic_path
+
+_COLUMN_SPLIT = re.compile(r"(attention\.wo|feed_forward\.w2|tok_embeddings)\.weight$")
+_REPLICATED = re.compile(r"norm\.weight$")
+# params.json keys across Meta's LLaMA-1, Llama 2 and Code Llama releases.
+_PARAM_KEYS = {
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "max_seq_len",
+}
+
+
+def detect(path: Path) -> bool:
+    return path.is_dir() and (path / "params.json").is_file()
+
+
+def shard_dim(key: str) -> int | None:
+    """The dimension Meta split ``key`` along across model-parallel ranks (None: replicated)."""
+    if _REPLICATED.search(key):
+        return None
+    return 1 if _COLUMN_SPLIT.search(key) else 0
+
+
+def _read_params(path: Path) -> dict:
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PastureError(f"{path}: unreadable params.json ({e})") from None
+    if not isinstance(params, dict):
+        raise PastureError(f"{path}: params.json must hold a JSON object")
+    unknown = sorted(set(params) - _PARAM_KEYS)
+    if unknown:
+        raise PastureError(f"{path}: unknown key {unknown[0]!r} (known: {sorted(_PARAM_KEYS)})")
+    return params
+
+
+def _load_shard(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors, …
+        raise PastureError(f"{path}: truncated or corrupt checkpoint ({e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PastureError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def merge_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One state dict from Meta's model-parallel shards."""
+    if len(shards) == 1:
+        return dict(shards[0])
+    merged = {}
+    for key in shards[0]:
+        dim = shard_dim(key)
+        parts = [shard[key] for shard in shards]
+        merged[key] = parts[0] if dim is None else torch.cat(parts, dim=dim)
+    return merged
+
+
+def split_shards(state: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    """Meta's model-parallel split of one state dict into ``n`` shards."""
+    if n < 1:
+        raise ValueError(f"shards must be at least 1, got {n}")
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+    for key, tensor in state.items():
+        dim = shard_dim(key)
+        if dim is not None and tensor.shape[dim] % n:
+            raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {n} shards")
+        parts = [tensor] * n if dim is None else torch.chunk(tensor, n, dim=dim)
+        for shard, part in zip(shards, parts, strict=True):
+            shard[key] = part.clone()
+    return shards
+
+
+def load(path: Path) -> Checkpoint:
+    params = _read_params(path / "params.json")
+    files = sorted(path.glob("consolidated.*.pth"))
+    if not files:
+        raise PastureError(f"{path}: no consolidated.NN.pth next to params.json")
+    state = merge_shards([_load_shard(f) for f in files])
+    state.pop("rope.freqs", None)  # LLaMA-1 stored its rotary table; we recompute it
+    if params.get("vocab_size", -1) <= 0:  # Meta's release writes -1: the tokenizer decides
+        if "tok_embeddings.weight" not in state:
+            raise PastureError(f"{path}: missing tensor tok_embeddings.weight")
+        params["vocab_size"] = state["tok_embeddings.weight"].shape[0]
+    args = ModelArgs(**{k: v for k, v in params.items() if k in _PARAM_KEYS})
+    w1 = state.get("layers.0.feed_forward.w1.weight")
+    if w1 is not None and w1.shape[0] != args.ffn_hidden_dim:
+        raise PastureError(
+            f"{path}: feed_forward.w1 has {w1.shape[0]} rows, params.json implies "
+            f"{args.ffn_hidden_dim} (multiple_of / ffn_dim_multiplier)"
+        )
+    tokenizer = None
+    for candidate in (path / "tokenizer.model", path.parent / "tokenizer.model"):
+        if candidate.is_file():
+            tokenizer = Tokenizer.from_file(candidate)
+            break
+    ckpt = Checkpoint(args, state, tokenizer, source=str(path), format="meta")
+    ckpt.validate()
+    return ckpt
+
+
+def _params_for(args: ModelArgs) -> dict:
+    params: dict = {
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "vocab_size": args.vocab_size,
+        "multiple_of": args.multiple_of,
+        "norm_eps": args.norm_eps,
+    }
+    if args.n_kv_heads is not None and args.n_kv_heads != args.n_heads:
+        params["n_kv_heads"] = args.n_kv_heads
+    if args.rope_theta != 10000.0:
+        params["rope_theta"] = args.rope_theta
+    if args.ffn_dim_multiplier is not None:
+        params["ffn_dim_multiplier"] = args.ffn_dim_multiplier
+    hidden = args.ffn_hidden_dim
+    if replace(args, hidden_dim=None).ffn_hidden_dim != hidden:
+        # Meta's params have no hidden size: choose multiple_of (and a multiplier below 1 when
+        # the size is below 2/3·4d) so that Meta's rounding rule lands exactly on it.
+        params["multiple_of"] = hidden
+        params.pop("ffn_dim_multiplier", None)
+        base = int(2 * 4 * args.dim / 3)
+        if hidden < base:
+            params["ffn_dim_multiplier"] = hidden / base
+    return params
+
+
+def save(ckpt: Checkpoint, path: Path, shards: int = 1) -> None:
+    """Write ``path/params.json``, ``consolidated.00.pth`` … and ``tokenizer.model``."""
+    if ckpt.args.tie_embeddings:
+        # Meta's format has no tied classifier: write the shared matrix twice.
+        state = {**ckpt.state_dict, "output.weight": ckpt.state_dict["tok_embeddings.weight"]}
+    else:
+        state = dict(ckpt.state_dict)
+    params = _params_for(ckpt.args)
+    with atomic_path(path, is_dir=True) as tmp:
+        (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+        try:
+            parts = split_shards(state, shards)
+        except ValueError as e:
+            raise PastureError(f"{path}: {e}") from None
+        for rank, shard in enumerate(parts):
+            torch.save(shard, tmp / f"consolidated.{rank:02d}.pth")
+        if ckpt.tokenizer is not None:
+            ckpt.tokenizer.save(tmp / "tokenizer.model")

@@ -1,0 +1,284 @@
+"""The LLaMA architecture (Touvron et al. 2023, §2.2), single device.
+
+Pre-norm RMSNorm, SwiGLU feed-forward, rotary embeddings, no biases, causal attention through
+``scaled_dot_product_attention``. Parameter names are Meta's checkpoint keys, so
+``model.state_dict()`` is a Meta ``consolidated.00.pth``. Parallelism is applied from outside.
+
+    >>> from pasture.model import ModelArgs, Transformer
+    >>> model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=512))
+    >>> logits = model(torch.tensor([[1, 5, 9]]))  # (1, 3, 512)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None  # None: multi-head attention; fewer: grouped-query attention
+    vocab_size: int = 32000
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None
+    hidden_dim: int | None = None  # explicit SwiGLU hidden size; overrides the rounding rule
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False  # the paper unties; llama2.c models tie
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for rotary embeddings")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """2/3 · 4d rounded up to ``multiple_of`` (the paper's SwiGLU size), as in Meta's code."""
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in float32 even under bf16 autocast, as Meta's reference does.
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rotary_frequencies(head_dim: int, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """exp(i · position · theta^(-2k/head_dim)) for each position and pair k: (T, head_dim / 2).
+
+    Complex, as in Meta's reference, so ``model.to(torch.bfloat16)`` leaves it in full precision.
+    """
+    exponents = torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim
+    inv_freq = 1.0 / theta**exponents
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x[2k], x[2k+1]) of each head: Meta's interleaved convention."""
+    B, T, H, D = x.shape
+    pairs = torch.view_as_complex(x.float().reshape(B, T, H, D // 2, 2))  # (B, T, H, D/2)
+    rotated = torch.view_as_real(pairs * freqs_cis[None, :, None, :])  # (B, T, H, D/2, 2)
+    return rotated.reshape(B, T, H, D).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys and values of the positions decoded so far, (B, n_kv_heads, max_seq_len, head_dim)."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(
+        self, start_pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_heads, T, head_dim) at ``start_pos``; return all so far."""
+        end = start_pos + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions, asked for {end}")
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        q, k = apply_rotary(q, freqs_cis), apply_rotary(k, freqs_cis)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H*, T, D)
+        if self.cache is not None:
+            k, v = self.cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
+        gqa = self.n_kv_heads != self.n_heads
+        if k.shape[2] == T:
+            # Fresh causal block: flash / memory-efficient kernels, no materialized mask.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif T == 1:
+            # One new token attends to every cached position.
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        else:
+            # A chunk after a cached prefix: query i sees keys up to start_pos + i.
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(start_pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # SwiGLU
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` would cast a complex
+        # buffer to real. Rebuilt on first use on another device (also after meta-device builds).
+        self.freqs_cis = torch.empty(0, device="meta")
+
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for ``tokens`` (B, T) at positions start_pos..start_pos+T-1.
+
+        With a KV cache set up (``setup_cache``) earlier positions come from the cache.
+        ``last_only`` computes logits for the final position only, (B, 1, vocab).
+        """
+        T = tokens.shape[1]
+        if start_pos + T > self.args.max_seq_len:
+            raise ValueError(
+                f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
+            )
+        freqs_cis = self.rotary(tokens.device)[start_pos : start_pos + T]
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            h = layer(h, freqs_cis, start_pos)
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()
+
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None) -> None:
+        """Give every attention layer a KV cache for decoding."""
+        max_seq_len = min(max_seq_len or self.args.max_seq_len, self.args.max_seq_len)
+        weight = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attention.cache = KVCache(
+                batch_size,
+                max_seq_len,
+                self.args.kv_heads,
+                self.args.head_dim,
+                weight.dtype,
+                weight.device,
+            )
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.cache = None
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> None:
+        """Normal(0, std) matrices and embeddings, unit norms; also materializes a meta model."""
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.tok_embeddings.weight.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std, generator=generator)
+
+    def rotary(self, device: torch.device) -> torch.Tensor:
+        """The rotary table (max_seq_len, head_dim / 2) on ``device``, computed once per device."""
+        if self.freqs_cis.device != device:
+            positions = torch.arange(self.args.max_seq_len, device=device)
+            self.freqs_cis = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
+        return self.freqs_cis
+
+
+def count_parameters(args: ModelArgs) -> int:
+    """Parameter count from the config alone (tied weights counted once)."""
+    d, hd = args.dim, args.head_dim
+    attention = d * args.n_heads * hd * 2 + d * args.kv_heads * hd * 2
+    ffn = 3 * d * args.ffn_hidden_dim
+    per_layer = attention + ffn + 2 * d
+    output = 0 if args.tie_embeddings else args.vocab_size * d
+    return args.vocab_size * d + args.n_layers * per_layer + d + output
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Forward+backward FLOPs per token: 6N plus attention (PaLM appendix B convention)."""
+    non_embedding = count_parameters(args) - args.vocab_size * args.dim
+    return 6 * non_embedding + 12 * args.n_layers * args.dim * seq_len
+
+
+__all__ = [
+    "ModelArgs",
+    "RMSNorm",
+    "KVCache",
+    "Attention",
+    "FeedForward",
+    "TransformerBlock",
+    "Transformer",
+    "apply_rotary",
+    "rotary_frequencies",
+    "count_parameters",
+    "flops_per_token",
+]

@@ -1,0 +1,127 @@
+"""Generation against llama2.c's reference outputs, batching, sampling, stopping, streaming."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pasture
+from pasture.generate import generate_tokens
+from pasture.generate.sampling import sample
+
+
+def _reference_runs(shared_data: Path) -> dict[str, str]:
+    """``./run …`` command → its output, as recorded in the models MANIFEST."""
+    text = (shared_data / "models" / "MANIFEST.md").read_text()
+    runs = {}
+    for command, block in re.findall(r"`(\./run [^`]*)`.*?\n\s*```\n(.*?)\n\s*```", text, re.S):
+        runs[command] = "\n".join(line.removeprefix("    ") for line in block.split("\n"))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def stories(shared_data: Path):
+    folder = shared_data / "models" / "stories260K"
+    return pasture.load_model(folder / "stories260K.bin", tokenizer=folder / "tok512.model")
+
+
+def _run_c(model, tokenizer, prompt: str, steps: int) -> str:
+    """What llama2.c's run.c prints at temperature 0: it runs ``steps`` forward passes from BOS
+    (the prompt forced), printing each next token, and stops early at a BOS."""
+    prompt_ids = tokenizer.encode(prompt, bos=True)
+    new = generate_tokens(model, [prompt_ids], steps - len(prompt_ids) + 1, stop_ids=[1])[0]
+    return tokenizer.decode(prompt_ids[1:] + new)
+
+
+def test_stories260k_greedy_matches_llama2c(stories, shared_data: Path) -> None:
+    model, tokenizer = stories
+    runs = _reference_runs(shared_data)
+    expected = runs["./run stories260K.bin -z tok512.bin -t 0.0"]
+    assert expected.startswith("Once upon a time") and len(expected) > 500
+    assert _run_c(model, tokenizer, "", 256) == expected
+
+
+def test_stories260k_prompted_greedy_matches_llama2c(stories, shared_data: Path) -> None:
+    model, tokenizer = stories
+    expected = _reference_runs(shared_data)[
+        './run stories260K.bin -z tok512.bin -t 0 -i "Zoo" -n 60'
+    ]
+    assert _run_c(model, tokenizer, "Zoo", 60) == expected
+
+
+def test_batch_of_different_lengths_decodes_like_one_at_a_time(stories) -> None:
+    model, tokenizer = stories
+    prompts = ["Zoo", "Once upon a time, there was a big dog", "Tom and", "The sun"]
+    alone = [pasture.generate(model, tokenizer, p, max_new_tokens=30) for p in prompts]
+    together = pasture.generate(model, tokenizer, prompts, max_new_tokens=30)
+    assert together == alone
+    assert len(set(together)) == len(prompts)
+
+
+def test_seeded_sampling(stories) -> None:
+    model, tokenizer = stories
+    kwargs = dict(max_new_tokens=40, temperature=1.0, top_p=0.9)
+    a = pasture.generate(model, tokenizer, "Once", seed=7, **kwargs)
+    b = pasture.generate(model, tokenizer, "Once", seed=7, **kwargs)
+    c = pasture.generate(model, tokenizer, "Once", seed=8, **kwargs)
+    assert a == b and a != c
+    greedy = pasture.generate(model, tokenizer, "Once", max_new_tokens=40)
+    assert (
+        pasture.generate(
+            model, tokenizer, "Once", seed=1, max_new_tokens=40, temperature=1.0, top_k=1
+        )
+        == greedy
+    )
+
+
+def test_sampler_respects_top_k_and_top_p() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = sample(logits, temperature=1.0, top_k=2, generator=g)
+    assert set(picks.tolist()) == {0, 1}
+    picks = sample(logits, temperature=1.0, top_p=0.7, generator=g)
+    assert set(picks.tolist()) == {0, 1}  # 0.5 < 0.7 ≤ 0.8: the first two tokens
+    share = (picks == 0).float().mean().item()
+    assert abs(share - 0.5 / 0.8) < 0.03
+    picks = sample(logits, temperature=1.0, generator=g)
+    assert abs((picks == 3).float().mean().item() - 0.05) < 0.015
+
+
+def test_stops_at_stop_token(stories) -> None:
+    model, tokenizer = stories
+    prompt = tokenizer.encode("Once upon a time", bos=True)
+    free = generate_tokens(model, [prompt], 20)[0]
+    stopped = generate_tokens(model, [prompt], 20, stop_ids=[free[5]])[0]
+    assert stopped == free[: free.index(free[5])]
+
+
+def test_cli_streams_what_the_api_returns(stories, shared_data: Path) -> None:
+    model, tokenizer = stories
+    folder = shared_data / "models" / "stories260K"
+    expected = pasture.generate(model, tokenizer, "Zoo", max_new_tokens=40)
+    cli = [
+        sys.executable,
+        "-m",
+        "pasture.cli",
+        "generate",
+        "--checkpoint",
+        str(folder / "stories260K.bin"),
+        "--tokenizer",
+        str(folder / "tok512.model"),
+        "--prompt",
+        "Zoo",
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "0",
+    ]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, text=True)
+    first = proc.stdout.read(3)  # the prompt arrives before the model finishes
+    rest = proc.stdout.read()
+    assert proc.wait() == 0
+    assert first + rest == "Zoo" + expected + "\n"
