@@ -100,10 +100,13 @@ def test_stops_at_stop_token(stories) -> None:
     assert stopped == free[: free.index(free[5])]
 
 
-def test_cli_streams_what_the_api_returns(stories, shared_data: Path) -> None:
+def test_streaming(stories, shared_data: Path) -> None:
     model, tokenizer = stories
+    fragments: list[str] = []
+    text = pasture.generate(model, tokenizer, "Zoo", max_new_tokens=40, stream=fragments.append)
+    assert len(fragments) > 10 and "".join(fragments) == text
+    # The CLI streams the same text to stdout after the prompt.
     folder = shared_data / "models" / "stories260K"
-    expected = pasture.generate(model, tokenizer, "Zoo", max_new_tokens=40)
     cli = [
         sys.executable,
         "-m",
@@ -120,8 +123,17 @@ def test_cli_streams_what_the_api_returns(stories, shared_data: Path) -> None:
         "--temperature",
         "0",
     ]
-    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, text=True)
-    first = proc.stdout.read(3)  # the prompt arrives before the model finishes
-    rest = proc.stdout.read()
-    assert proc.wait() == 0
-    assert first + rest == "Zoo" + expected + "\n"
+    proc = subprocess.run(cli, capture_output=True, text=True, check=True)
+    assert proc.stdout == "Zoo" + text + "\n"
+
+
+def test_stream_decoder_holds_back_split_characters(shared_data: Path) -> None:
+    from pasture.data.tokenizer import Tokenizer
+    from pasture.generate import StreamDecoder
+
+    tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
+    ids = tokenizer.encode("Lily saw 🦙 and 你好.")
+    decoder = StreamDecoder(tokenizer, [tokenizer.bos_id])
+    pieces = [decoder.push(i) for i in ids]
+    assert "".join(pieces) == "Lily saw 🦙 and 你好."
+    assert "\ufffd" not in "".join(pieces) and "" in pieces  # bytes of 🦙 were held back

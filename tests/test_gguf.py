@@ -80,6 +80,23 @@ def pasture_logits(ckpt: Checkpoint, sequences: list[list[int]]) -> list[torch.T
         return [model(torch.tensor([s]))[0] for s in sequences]
 
 
+def with_hf_qk_layout(ckpt: Checkpoint) -> Checkpoint:
+    """A copy whose wq/wk rows are in Hugging Face's rotate-half order (the wrong layout)."""
+    state = dict(ckpt.state_dict)
+    args = ckpt.args
+    for i in range(args.n_layers):
+        for name, heads in (("wq", args.n_heads), ("wk", args.kv_heads)):
+            key = f"layers.{i}.attention.{name}.weight"
+            rows, cols = state[key].shape
+            state[key] = (
+                state[key]
+                .view(heads, rows // heads // 2, 2, cols)
+                .transpose(1, 2)
+                .reshape(rows, cols)
+            )
+    return Checkpoint(args, state)
+
+
 def assert_same_weights(a: Checkpoint, b: Checkpoint) -> None:
     keys = set(a.expected_shapes()) - ({"output.weight"} if a.args.tie_embeddings else set())
     for key in keys:
@@ -131,15 +148,14 @@ def test_logits_match_transformers_gguf_converter(fixture_ckpt: Checkpoint) -> N
         strict=True,
     ):
         assert (ours - theirs).abs().max() <= 1e-5
-    # the comparison can tell the layouts apart: permuting q/k changes the logits
-    wrong = Checkpoint(fixture_ckpt.args, dict(fixture_ckpt.state_dict))
-    for key in ("layers.0.attention.wq.weight", "layers.0.attention.wk.weight"):
-        w = wrong.state_dict[key]
-        wrong.state_dict[key] = w.view(2, 2, 2, 8).transpose(1, 2).reshape(8, 8)
-    moved = (
-        pasture_logits(wrong, SEQUENCES[1:2])[0] - pasture_logits(fixture_ckpt, SEQUENCES[1:2])[0]
-    )
-    assert moved.abs().max() > 1e-3
+    # the check can tell the layouts apart: with q/k in rotate-half order the logits move by
+    # more than the tolerance (the weights are small and random, so only by ~1e-4)
+    wrong = with_hf_qk_layout(fixture_ckpt)
+    right = pasture_logits(fixture_ckpt, SEQUENCES)
+    moved = [
+        (a - b).abs().max() for a, b in zip(pasture_logits(wrong, SEQUENCES), right, strict=True)
+    ]
+    assert max(moved) > 5e-5
 
 
 def test_f32_round_trip_is_exact(fixture_ckpt: Checkpoint, tmp_path: Path) -> None:
@@ -183,7 +199,10 @@ def test_gqa_and_tied_model_round_trips_and_matches_transformers(tmp_path: Path)
     sequences = [[1, 403, 407, 261, 378], [1, 346, 306, 414]]
     ours = pasture_logits(ckpt, sequences)
     for a, b in zip(ours, transformers_logits(out, sequences), strict=True):
-        assert (a - b).abs().max() <= 1e-5  # our writer's q/k layout is llama.cpp's
+        # our writer's q/k layout is llama.cpp's; logits reach ~10, so float32 rounding ~1e-5
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    wrong = pasture_logits(with_hf_qk_layout(ckpt), sequences)
+    assert max((a - b).abs().max() for a, b in zip(wrong, ours, strict=True)) > 0.1
 
 
 def test_quantized_tensors_are_dequantized(tmp_path: Path) -> None:
@@ -225,7 +244,7 @@ def test_quantized_tensors_are_dequantized(tmp_path: Path) -> None:
         assert (back.state_dict[key] - ckpt.state_dict[key]).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("keep", [3, 100, 50_000, 1_000_000, 1_750_559])
+@pytest.mark.parametrize("keep", [3, 50_000, 1_750_559])
 def test_truncated_file_is_an_error_naming_it(tmp_path: Path, keep: int) -> None:
     bad = tmp_path / "cut.gguf"
     bad.write_bytes(FIXTURE.read_bytes()[:keep])

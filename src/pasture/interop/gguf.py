@@ -152,8 +152,8 @@ def load(path: Path) -> Checkpoint:
             max_seq_len=need("llama.context_length"),
             tie_embeddings="output.weight" not in state,
         )
-    except ValueError as e:
-        raise PastureError(f"{path}: {e}") from None
+    except (ValueError, ZeroDivisionError) as e:
+        raise PastureError(f"{path}: inconsistent llama.* metadata ({e})") from None
     if fields.get("llama.vocab_size", args.vocab_size) != args.vocab_size:
         raise PastureError(
             f"{path}: llama.vocab_size {fields['llama.vocab_size']} != "

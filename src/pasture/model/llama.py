@@ -122,6 +122,16 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per head over all keys: q (B, H, 1, D), k/v (B, Hkv, L, D)."""
+    B, H, _, D = q.shape
+    n_kv = k.shape[1]
+    q = q.view(B, n_kv, H // n_kv, D)  # (B, Hkv, group, D): query heads sharing a KV head
+    scores = torch.matmul(q, k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, group, L)
+    probs = torch.softmax(scores.float(), dim=-1).type_as(q)
+    return torch.matmul(probs, v).view(B, H, 1, D)  # (B, H, 1, D)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -146,8 +156,9 @@ class Attention(nn.Module):
             # Fresh causal block: flash / memory-efficient kernels, no materialized mask.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif T == 1:
-            # One new token attends to every cached position.
-            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+            # One new token attends to every cached position: two small matmuls. (SDPA's CPU
+            # flash kernel tiles for long queries and is ~10x slower at a query length of 1.)
+            out = decode_attention(q, k, v)
         else:
             # A chunk after a cached prefix: query i sees keys up to start_pos + i.
             mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(start_pos)

@@ -1,0 +1,21 @@
+"""The job `make demo` runs, end to end on a small slice of the default corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pasture.demo import run_demo
+
+
+def test_demo(tmp_path: Path, shared_data: Path, capsys) -> None:
+    run_demo(tmp_path, data=shared_data, corpus_bytes=1_000_000)
+    steps = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
+    names = [s["step"] for s in steps]
+    assert names[0] == "tokenizer" and names[-1] == "generate_stories260K"
+    assert steps[0]["digits"] == ["▁", "1", "2", "3", "4", "5"]
+    trips = [s for s in steps if s["step"] == "round_trip"]
+    assert [t["format"] for t in trips] == ["meta", "hf", "llama2c", "gguf", "meta"]
+    assert all(t["max_abs_logit_delta"] == 0.0 for t in trips)
+    assert steps[-1]["completion"].startswith(", there was a")
+    assert "Once upon a time, there was a" in capsys.readouterr().out
