@@ -137,3 +137,26 @@ def test_stream_decoder_holds_back_split_characters(shared_data: Path) -> None:
     pieces = [decoder.push(i) for i in ids]
     assert "".join(pieces) == "Lily saw 🦙 and 你好."
     assert "\ufffd" not in "".join(pieces) and "" in pieces  # bytes of 🦙 were held back
+
+
+def test_decode_layout_changes_strides_not_values(tmp_path: Path) -> None:
+    from pasture import interop
+    from pasture.generate import use_decode_layout
+    from pasture.interop import Checkpoint
+    from pasture.model import Transformer, preset
+
+    model = Transformer(preset("debug-gqa", vocab_size=300)).eval()
+    model.init_weights(std=0.2, seed=0)
+    tokens = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(tokens)
+    interop.save(Checkpoint.from_model(model), tmp_path / "a", "meta")
+    use_decode_layout(model)
+    assert not model.layers[0].attention.wq.weight.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), before, atol=1e-5, rtol=0)
+    for fmt in ("meta", "hf", "llama2c", "gguf"):
+        interop.save(Checkpoint.from_model(model), tmp_path / f"b-{fmt}", fmt)
+        reloaded = interop.load(tmp_path / f"b-{fmt}").state_dict
+        for key, tensor in interop.load(tmp_path / "a").state_dict.items():
+            assert torch.equal(reloaded[key], tensor), (fmt, key)

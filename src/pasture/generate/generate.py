@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from ..model import Transformer
 from .sampling import sample
@@ -26,6 +27,20 @@ class TokenizerLike(Protocol):
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def use_decode_layout(model: nn.Module) -> None:
+    """Store each linear weight column-major (same values, same shapes, other strides).
+
+    Decoding multiplies one row vector by every weight matrix. On CPU, MKL streams a (in, out)
+    contiguous matrix 2-4x faster than Meta's (out, in) rows for that product (measured in
+    benchmarks/RESULTS.md), and decode time is those products. Idempotent; checkpoints written
+    afterwards are unchanged (writers make tensors contiguous).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight.stride(-1) == 1:
+                module.weight.data = module.weight.data.t().contiguous().t()
 
 
 @torch.inference_mode()
@@ -47,6 +62,8 @@ def generate_tokens(
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (begin with BOS)")
     device = model.tok_embeddings.weight.device
+    if device.type == "cpu":
+        use_decode_layout(model)
     lengths = [len(p) for p in prompts]
     total = min(model.args.max_seq_len, max(lengths) + max_new_tokens)
     if max(lengths) >= total:

@@ -77,7 +77,7 @@ class Checkpoint:
 
     @classmethod
     def from_model(cls, model: Transformer, tokenizer: Tokenizer | None = None) -> Checkpoint:
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         return cls(args=model.args, state_dict=state, tokenizer=tokenizer)
 
 

@@ -93,7 +93,7 @@ def split_shards(state: dict[str, torch.Tensor], n: int) -> list[dict[str, torch
             raise ValueError(f"cannot split {key} {tuple(tensor.shape)} into {n} shards")
         parts = [tensor] * n if dim is None else torch.chunk(tensor, n, dim=dim)
         for shard, part in zip(shards, parts, strict=True):
-            shard[key] = part.clone()
+            shard[key] = part.clone(memory_format=torch.contiguous_format)
     return shards
 
 

@@ -70,8 +70,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in float32 even under bf16 autocast, as Meta's reference does.
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
 
 
 def rotary_frequencies(head_dim: int, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -90,7 +91,7 @@ def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     B, T, H, D = x.shape
     pairs = torch.view_as_complex(x.float().reshape(B, T, H, D // 2, 2))  # (B, T, H, D/2)
     rotated = torch.view_as_real(pairs * freqs_cis[None, :, None, :])  # (B, T, H, D/2, 2)
-    return rotated.reshape(B, T, H, D).type_as(x)
+    return rotated.reshape(B, T, H, D).to(x.dtype)
 
 
 class KVCache(nn.Module):
@@ -128,7 +129,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     n_kv = k.shape[1]
     q = q.view(B, n_kv, H // n_kv, D)  # (B, Hkv, group, D): query heads sharing a KV head
     scores = torch.matmul(q, k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, group, L)
-    probs = torch.softmax(scores.float(), dim=-1).type_as(q)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v).view(B, H, 1, D)  # (B, H, 1, D)
 
 
