@@ -156,3 +156,34 @@ def test_real_process_exit_status(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr == f"pasture: error: {tmp_path / 'x'}: no such file or directory\n"
+
+
+def test_tokenizer_commands(tmp_path: Path, shared_data: Path, capsys) -> None:
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((shared_data / "models" / "MANIFEST.md").read_text() * 3)
+    model = tmp_path / "tok.model"
+    code, _, _ = _run(
+        ["tokenizer", "train", "--input", str(corpus), "--out", str(model), "--vocab-size", "400"],
+        capsys,
+    )
+    assert code == 0 and model.is_file()
+    code, out, _ = _run(
+        ["tokenizer", "encode", "--tokenizer", str(model), "--bos", "run 12345 steps"], capsys
+    )
+    ids = [int(i) for i in out.split()]
+    assert ids == [1] + spm.SentencePieceProcessor(model_file=str(model)).encode("run 12345 steps")
+    code, out, _ = _run(["tokenizer", "decode", "--tokenizer", str(model), *map(str, ids)], capsys)
+    assert out == "run 12345 steps\n"
+    _assert_error(
+        ["tokenizer", "decode", "--tokenizer", str(model), "5", "99999"],
+        capsys,
+        "id 99999 outside 0..399",
+    )
+    _assert_error(
+        ["tokenizer", "train", "--input", str(tmp_path / "none.txt"), "--out", str(model)],
+        capsys,
+        "none.txt",
+        "no such file",
+    )
