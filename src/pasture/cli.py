@@ -25,7 +25,7 @@ from . import interop
 from .data.corpus import default_corpus_files
 from .data.tokenizer import Tokenizer, train_tokenizer
 from .errors import PastureError
-from .generate import generate
+from .generate import Llama2cSampler, generate
 from .interop import Checkpoint
 from .model import PRESETS, Transformer, count_parameters, preset
 
@@ -118,6 +118,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
     model = ckpt.to_model(device=_device(args.device))
     prompts = args.prompt or [""]
+    sampler = None
+    if args.sampler == "llama2c":
+        if args.seed is None:
+            raise PastureError("--sampler llama2c needs --seed (run.c's -s)")
+        sampler = Llama2cSampler(args.temperature, args.top_p, args.seed)
     if len(prompts) == 1:
         sys.stdout.write(prompts[0])
         sys.stdout.flush()
@@ -136,6 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             args.top_k,
             args.seed,
             stream=stream,
+            sampler=sampler,
         )
         sys.stdout.write("\n")
         return
@@ -148,6 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         args.top_p,
         args.top_k,
         args.seed,
+        sampler=sampler,
     )
     for prompt, out in zip(prompts, outs, strict=True):
         print(json.dumps({"prompt": prompt, "completion": out}, ensure_ascii=False))
@@ -177,6 +184,23 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> None:
     if bad:
         raise PastureError(f"{args.tokenizer}: id {bad[0]} outside 0..{tokenizer.vocab_size - 1}")
     print(tokenizer.decode(ids))
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    import logging
+
+    from .data.pipeline import BuildConfig, build_dataset, load_config
+
+    logging.basicConfig(level=logging.WARNING, format="pasture: %(message)s")
+    cfg = load_config(args.config, args.set) if args.config else BuildConfig()
+    if args.workers is not None:
+        cfg.workers = args.workers
+    report = build_dataset(
+        cfg, Path(args.input_root), Path(args.out), args.executor, args.tokenizer
+    )
+    for row in report["table1"]:
+        print(json.dumps(row))
+    print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -225,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--sampler",
+        choices=("torch", "llama2c"),
+        default="torch",
+        help="llama2c: run.c's RNG and top-p, to reproduce ./run -t T -p P -s SEED exactly",
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_generate)
 
@@ -247,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("ids", nargs="+")
     p.set_defaults(func=cmd_tokenizer_decode)
+
+    data = sub.add_parser("data", help="build the pretraining mixture").add_subparsers(
+        dest="action", required=True
+    )
+    p = data.add_parser("build", help="raw dumps → filtered documents → token shards + report")
+    p.add_argument("--config", help="TOML (e.g. configs/data/llama.toml); default: the paper's")
+    p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
+    p.add_argument("--input-root", required=True, help="folder with one sub-folder per source")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", help="SentencePiece model (default: config, else train one)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, help="parallel shards (default: config, else cores)")
+    p.set_defaults(func=cmd_data_build)
 
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")

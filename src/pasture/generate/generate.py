@@ -54,10 +54,13 @@ def generate_tokens(
     seed: int | None = None,
     stop_ids: Sequence[int] = (),
     on_token: Callable[[int, int], None] | None = None,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (token ids), without the prompt and without the stop token.
 
     ``on_token(row, token)`` is called as each new token is chosen (for streaming).
+    ``sampler`` (logits (B, vocab) → tokens (B,)) replaces temperature/top-p/top-k/seed, e.g.
+    ``Llama2cSampler`` to reproduce llama2.c's ``run.c``.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (begin with BOS)")
@@ -86,7 +89,10 @@ def generate_tokens(
         prev = 0
         for cur in range(min(lengths), total):
             logits = model(tokens[:, prev:cur], start_pos=prev, last_only=True)[:, -1]
-            chosen = sample(logits, temperature, top_p, top_k, generator)  # (B,)
+            if sampler is not None:
+                chosen = sampler(logits).to(device)  # (B,)
+            else:
+                chosen = sample(logits, temperature, top_p, top_k, generator)  # (B,)
             chosen = torch.where(in_prompt[:, cur], tokens[:, cur], chosen)
             tokens[:, cur] = chosen
             new = ~in_prompt[:, cur] & ~done
@@ -140,6 +146,7 @@ def generate(
     top_k: int = 0,
     seed: int | None = None,
     stream: Callable[[str], None] | None = None,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> str | list[str]:
     """Continue each prompt; returns the new text (one string for one prompt).
 
@@ -167,6 +174,7 @@ def generate(
         seed,
         stop_ids=(tokenizer.eos_id, tokenizer.bos_id),
         on_token=on_token if stream else None,
+        sampler=sampler,
     )
     outs = []
     for prompt, continuation in zip(encoded, new, strict=True):
