@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[gguf,test]"
+	$(BIN)/pip install -q -e ".[gguf,data,ray,test]"
 	touch $@
 
 install: $(VENV)/.installed
