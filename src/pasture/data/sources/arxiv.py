@@ -1,0 +1,537 @@
+"""arXiv: the LaTeX source of scientific papers (paper §2.1, 2.5% of the mix).
+
+The paper "removed everything before the first section, as well as the bibliography", "removed
+the comments from the .tex files, and inline-expanded definitions and macros written by users".
+
+Input, as arXiv serves e-prints: a gzipped tar (``NNNN.NNNNN.gz`` or ``.tar.gz``), a plain
+``.tar``, a gzipped single ``.tex`` (a ``.gz`` that is not a tar), or a folder of plain files
+(``tex/<id>/main.tex``). One document per paper::
+
+    from pasture.data.sources import arxiv
+    opts = arxiv.Options()
+    for shard in arxiv.shards(arxiv.find_inputs(root, opts), opts):
+        ...  # read the paper, then run arxiv.steps(opts, work_dir)
+
+``read`` assembles the source: it finds the main file (the ``.tex`` with ``\\documentclass`` and
+``\\begin{document}``; among several, the one that inputs most of the others, then the largest),
+removes comments from every file and expands ``\\input``/``\\include`` recursively. The
+``clean`` step then does the rest, in this order: collect and delete the user's macro
+definitions (``\\newcommand``, ``\\renewcommand``, ``\\providecommand``, ``\\def`` with
+undelimited ``#n`` parameters, ``\\DeclareMathOperator``), cut everything after
+``\\end{document}`` and before the first ``\\part``/``\\chapter``/``\\section``/``\\subsection``
+(looked for after ``\\begin{document}``), delete the bibliography, expand the macros.
+
+Decisions the paper leaves open:
+
+* A paper with no section heading is dropped (``no_section``), as RedPajama does
+  (``drop_without_section=False`` keeps its body instead). A letter whose only heading is its
+  supplement (1602.00123 comments its headings out) keeps just the supplement: everything
+  before the first section goes, as the paper says.
+* Comments are ``%`` to the end of the line and ``comment`` environments; ``\\iffalse`` blocks
+  stay (their nesting needs a TeX parser).
+* Appendices are kept: only the bibliography (``thebibliography``, ``\\bibliography{..}``,
+  ``\\printbibliography``) is removed. RedPajama also cut at ``\\appendix``.
+* A damaged archive is reported (``bad_input``) and the paper is built from the files read
+  before the damage when its main file is among them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pasture.data.document import Context, Document, Step, map_step
+
+NAME = "arxiv"
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".gz")
+_TEX_SUFFIXES = (".tex", ".ltx", ".latex")
+
+
+@dataclass
+class Options:
+    drop_without_section: bool = True  # False: keep the whole body of a paper with no heading
+    keep_appendix: bool = True
+    expand_macros: bool = True
+    max_macro_passes: int = 10  # macros that use macros: expand until nothing changes
+    max_member_bytes: int = 20_000_000
+
+
+def find_inputs(root: Path, opts: Options) -> list[Path]:
+    """E-print archives, and each folder of plain ``.tex`` files (one paper per folder)."""
+    folder = Path(root) / NAME
+    archives = [
+        p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES)
+    ]
+    tex_dirs = sorted(
+        {p.parent for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _TEX_SUFFIXES}
+    )
+    papers: list[Path] = []
+    for d in tex_dirs:  # sorted: a paper's own subfolders come after it and are part of it
+        if not any(d.is_relative_to(p) for p in papers):
+            papers.append(d)
+    return sorted(archives + papers)
+
+
+def shards(inputs: list[Path], opts: Options) -> list[list[Path]]:
+    return [[p] for p in sorted(inputs)]
+
+
+# --- reading one paper's files ------------------------------------------------------------
+
+
+class _Damaged(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _gunzip(raw: bytes) -> tuple[bytes, _Damaged | None]:
+    """All the bytes that decompress, and what stopped it early (gzip members may follow)."""
+    out, data = [], raw
+    while data:
+        d = zlib.decompressobj(wbits=31)
+        try:
+            out.append(d.decompress(data))
+        except zlib.error as exc:
+            return b"".join(out), _Damaged("corrupt", f"gzip: {exc}")
+        if not d.eof:
+            return b"".join(out), _Damaged("truncated", "gzip stream ends early")
+        data = d.unused_data
+    return b"".join(out), None
+
+
+def _clean_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def _untar(data: bytes, max_bytes: int, files: dict[str, bytes]) -> _Damaged | None:
+    """Read the regular files of a tar into ``files`` until the end or the damage."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for member in tf:
+                if member.isfile() and member.size <= max_bytes:
+                    files[_clean_name(member.name)] = tf.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        text = str(exc)
+        reason = "truncated" if "unexpected end" in text or "EOF" in text else "corrupt"
+        return _Damaged(reason, f"tar: {text}")
+    return None
+
+
+def _is_tar(data: bytes) -> bool:
+    if len(data) >= 262 and data[257:262] == b"ustar":
+        return True
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data[:10240]), mode="r:"):
+            return True
+    except (tarfile.TarError, EOFError, OSError):
+        return False
+
+
+def _paper_id(path: Path) -> str:
+    name = path.name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _arxiv_id(stem: str) -> str:
+    new = re.match(r"\d{4}\.\d{4,5}(v\d+)?", stem)  # 1911.02782, 1801.03879v2
+    old = re.match(r"[a-z-]+(\.[A-Z]{2})?/?\d{7}(v\d+)?", stem)  # hep-th/9901001, math.AG0101001
+    return (new or old).group(0) if (new or old) else stem
+
+
+def _read_files(path: Path, max_bytes: int) -> tuple[dict[str, bytes], _Damaged | None]:
+    """The paper's files by relative path, and the damage that stopped reading, if any."""
+    files: dict[str, bytes] = {}
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.name == "README.md" or p.name.startswith("LICENSE-"):
+                continue  # the sample folder's own notes, not part of the paper
+            if p.is_file() and p.stat().st_size <= max_bytes:
+                files[p.relative_to(path).as_posix()] = p.read_bytes()
+        return files, None
+    raw = path.read_bytes()
+    if not raw:
+        return files, _Damaged("empty_file", "")
+    damage, gzipped = None, raw[:2] == b"\x1f\x8b"
+    if gzipped:
+        raw, damage = _gunzip(raw)
+    if _is_tar(raw):
+        return files, _untar(raw, max_bytes, files) or damage
+    if damage is not None:
+        return files, damage
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz")) or not gzipped or b"\x00" in raw[:8192]:
+        return files, _Damaged("corrupt", "neither a tar nor a gzipped .tex file")
+    if not raw.strip():
+        return files, _Damaged("empty_file", "a gzipped empty file")
+    files[_paper_id(path) + ".tex"] = raw  # a single gzipped file: arXiv's form for one-file papers
+    return files, None
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")  # the common 8-bit TeX encoding; never fails
+
+
+# --- comments, main file, \input ----------------------------------------------------------
+
+_FULL_LINE_COMMENT = re.compile(r"(?m)^[ \t]*%.*(?:\n|\Z)")
+_INLINE_COMMENT = re.compile(r"(?m)(?<!\\)((?:\\\\)*)%.*$")
+
+
+_COMMENT_ENV = re.compile(r"\\begin\s*\{comment\}.*?(?:\\end\s*\{comment\}|\Z)", re.DOTALL)
+
+
+def strip_comments(tex: str) -> str:
+    """Remove ``%`` comments (a ``\\%`` is a percent sign and stays; comment-only lines go
+    whole) and ``comment`` environments."""
+    tex = _FULL_LINE_COMMENT.sub("", tex)
+    return _COMMENT_ENV.sub("", _INLINE_COMMENT.sub(r"\1", tex))
+
+
+_DOCUMENTCLASS = re.compile(r"\\document(?:class|style)\b")
+_BEGIN_DOCUMENT = re.compile(r"\\begin\s*\{document\}")
+_INPUT = re.compile(
+    r"\\(?:input|include|subfile)\s*\{([^}]*)\}|\\input[ \t]+([\w./-]+)"  # \input{x} or \input x
+)
+
+
+def _is_source(name: str) -> bool:
+    p = PurePosixPath(name)
+    return not any(part.startswith("._") or part == "__MACOSX" for part in p.parts)
+
+
+def _resolve(target: str, base: str, texts: dict[str, str]) -> str | None:
+    target = target.strip().strip('"')
+    for folder in dict.fromkeys((base, "")):  # LaTeX resolves from the main file's folder
+        name = str(PurePosixPath(folder) / target) if folder else target
+        name = _normalize(name)
+        for candidate in (name, name + ".tex"):
+            if candidate in texts:
+                return candidate
+    return None
+
+
+def _folder(name: str) -> str:
+    parent = str(PurePosixPath(name).parent)
+    return "" if parent == "." else parent
+
+
+def _normalize(name: str) -> str:
+    parts: list[str] = []
+    for part in PurePosixPath(name).parts:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part != ".":
+            parts.append(part)
+    return "/".join(parts)
+
+
+def find_main(texts: dict[str, str]) -> str | None:
+    """The main ``.tex`` file among a paper's (comment-free) sources, or None."""
+    tex = {n: t for n, t in texts.items() if n.lower().endswith(_TEX_SUFFIXES) and _is_source(n)}
+    if not tex:
+        return None
+    candidates = [n for n, t in tex.items() if _DOCUMENTCLASS.search(t)] or [
+        n for n, t in tex.items() if _BEGIN_DOCUMENT.search(t)
+    ]
+    if not candidates:
+        return next(iter(tex)) if len(tex) == 1 else None
+
+    def score(name: str) -> tuple[int, int, int, str]:
+        text = tex[name]
+        base = _folder(name)
+        refs = sum(
+            _resolve(m.group(1) or m.group(2), base, texts) is not None
+            for m in _INPUT.finditer(text)
+        )
+        has_body = _BEGIN_DOCUMENT.search(text) is not None
+        return (has_body, refs, len(text), name)
+
+    return max(candidates, key=score)
+
+
+def expand_inputs(name: str, texts: dict[str, str], base: str = "", max_depth: int = 20) -> str:
+    """The text of ``name`` with each ``\\input``/``\\include`` of a known file inlined.
+
+    Unknown targets (packages such as ``\\input xy``, missing files) are left as they are; a file
+    that inputs itself, directly or not, is not expanded again.
+    """
+
+    def expand(current: str, stack: tuple[str, ...]) -> str:
+        def replace(m: re.Match) -> str:
+            target = _resolve(m.group(1) or m.group(2), base, texts)
+            if target is None or target in stack or len(stack) >= max_depth:
+                return m.group(0)
+            return expand(target, (*stack, target))
+
+        return _INPUT.sub(replace, texts[current])
+
+    return expand(name, (name,))
+
+
+def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
+    """One document per paper: the main file with comments removed and inputs inlined."""
+    path = Path(path)
+    files, damage = _read_files(path, opts.max_member_bytes)
+    if damage is not None:
+        ctx.bad_input(str(path), damage.reason, str(damage))
+    if not files:
+        return
+    texts = {
+        name: strip_comments(_decode(data))
+        for name, data in files.items()
+        if b"\x00" not in data[:8192]  # figures and other binaries
+    }
+    stem = _paper_id(path)
+    meta = {"arxiv_id": _arxiv_id(stem), "input": path.name, "files": len(files)}
+    if damage is not None:
+        meta["damaged"] = damage.reason  # built from the files read before the damage
+    main = find_main(texts)
+    if main is None:
+        ctx.drop(Document("", stem, NAME, meta), "no_main_file")
+        return
+    base = _folder(main)
+    meta["main_file"] = main
+    yield Document(expand_inputs(main, texts, base), stem, NAME, meta)
+
+
+# --- the clean step: macros, preamble, bibliography ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Macro:
+    nargs: int
+    body: str
+    default: str | None = None  # the first argument is optional, with this default
+
+
+_DEFINITION = re.compile(
+    r"\\(?:(?:re)?newcommand|providecommand|DeclareRobustCommand)\*?"
+    r"|\\[gex]?def(?![a-zA-Z])|\\DeclareMathOperator\*?"
+)
+_NAME = re.compile(r"\s*(?:\{\s*(\\[a-zA-Z@]+)\s*\}|(\\[a-zA-Z@]+))")
+_DEF_PARAMS = re.compile(r"((?:#[1-9])*)\s*\{")
+_PARAM = re.compile(r"#(#|[1-9])")
+_COMMAND = re.compile(r"\\(?:[a-zA-Z]+|.)", re.DOTALL)
+# Commands whose redefinition is layout, not text: expanding them would break the structure.
+_KEEP = re.compile(
+    r"begin|end|part|chapter|(sub)*section|(sub)?paragraph|item|input|include|label|ref|cite"
+    r"|caption|footnote|document|appendix"
+)
+
+
+def _group(text: str, start: int, open_: str = "{", close: str = "}") -> int | None:
+    """The end (exclusive) of the balanced group opening at ``text[start]``, or None."""
+    if start >= len(text) or text[start] != open_:
+        return None
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == open_:
+            depth += 1
+        elif c == close:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\n":
+        i += 1
+    return i
+
+
+def _parse_definition(text: str, m: re.Match) -> tuple[str, Macro, int] | None:
+    """(name, macro, end) for the definition that ``m`` starts, or None if it is not simple."""
+    kind = m.group(0)
+    name_m = _NAME.match(text, m.end())
+    if name_m is None:
+        return None
+    name = (name_m.group(1) or name_m.group(2))[1:]
+    i = name_m.end()
+    nargs, default = 0, None
+    if kind.endswith("def"):
+        params = _DEF_PARAMS.match(text, i)
+        if params is None:
+            return None  # delimited parameters: not a simple macro
+        nargs, i = len(params.group(1)) // 2, params.end() - 1
+    elif "newcommand" in kind or "providecommand" in kind or "Robust" in kind:
+        i = _skip_space(text, i)
+        if text.startswith("[", i):
+            end = text.find("]", i)
+            if end < 0 or not text[i + 1 : end].strip().isdigit():
+                return None
+            nargs, i = int(text[i + 1 : end]), _skip_space(text, end + 1)
+            if text.startswith("[", i):
+                end = _group(text, i, "[", "]")
+                if end is None:
+                    return None
+                default, i = text[i + 1 : end - 1], end
+    i = _skip_space(text, i)
+    end = _group(text, i)
+    if end is None:
+        return None
+    body = text[i + 1 : end - 1]
+    if "DeclareMathOperator" in kind:
+        body = ("\\operatorname*{" if kind.endswith("*") else "\\operatorname{") + body + "}"
+    return name, Macro(nargs, body, default), end
+
+
+def collect_macros(tex: str) -> tuple[dict[str, Macro], str]:
+    """The user's simple macros, and ``tex`` with their definitions deleted."""
+    macros: dict[str, Macro] = {}
+    kept: list[str] = []
+    pos = 0
+    for m in _DEFINITION.finditer(tex):
+        if m.start() < pos:
+            continue  # inside a definition already taken (a macro that defines macros)
+        parsed = _parse_definition(tex, m)
+        if parsed is None:
+            continue
+        name, macro, end = parsed
+        provided = m.group(0).startswith("\\provide") and name in macros
+        if "@" not in name and not _KEEP.fullmatch(name) and not provided:
+            macros[name] = macro
+        kept.append(tex[pos : m.start()])
+        pos = end
+    kept.append(tex[pos:])
+    return macros, "".join(kept)
+
+
+def _argument(text: str, i: int) -> tuple[str, int] | None:
+    """One undelimited argument at ``i``: a braced group's contents, a command or a character."""
+    i = _skip_space(text, i)
+    if i >= len(text) or text[i] in "}]":
+        return None
+    if text[i] == "{":
+        end = _group(text, i)
+        return None if end is None else (text[i + 1 : end - 1], end)
+    if text[i] == "\\":
+        m = _COMMAND.match(text, i)
+        return m.group(0), m.end()
+    return text[i], i + 1
+
+
+def _substitute(body: str, args: list[str]) -> str:
+    def arg(m: re.Match) -> str:
+        k = m.group(1)
+        if k == "#":
+            return "#"
+        return args[int(k) - 1] if int(k) <= len(args) else m.group(0)
+
+    return _PARAM.sub(arg, body)
+
+
+def expand_macros(tex: str, macros: dict[str, Macro], max_passes: int = 10) -> str:
+    """Replace each use of a macro by its body with its arguments, until nothing changes.
+
+    A use whose arguments cannot be read (end of a group, unbalanced braces) is left as it is.
+    Self-referencing macros stop after ``max_passes`` or when the text grows past 4x.
+    """
+    if not macros:
+        return tex
+    names = sorted(macros, key=len, reverse=True)
+    pattern = re.compile(r"\\(" + "|".join(map(re.escape, names)) + r")(?![a-zA-Z@])")
+    limit = 4 * len(tex) + 1_000_000
+    for _ in range(max_passes):
+        out: list[str] = []
+        pos, changed = 0, False
+        for m in pattern.finditer(tex):
+            if m.start() < pos:
+                continue  # part of an argument already consumed
+            macro = macros[m.group(1)]
+            i, args = m.end(), []
+            if macro.default is not None:
+                j = _skip_space(tex, i)
+                end = _group(tex, j, "[", "]") if tex.startswith("[", j) else None
+                args.append(tex[j + 1 : end - 1] if end else macro.default)
+                i = end or i
+            while len(args) < macro.nargs:
+                arg = _argument(tex, i)
+                if arg is None:
+                    break
+                args.append(arg[0])
+                i = arg[1]
+            if len(args) < macro.nargs:
+                continue
+            out.append(tex[pos : m.start()])
+            out.append(_substitute(macro.body, args))
+            pos, changed = i, True
+        out.append(tex[pos:])
+        tex = "".join(out)
+        if not changed or len(tex) > limit:
+            break
+    return tex
+
+
+_FIRST_HEADING = re.compile(r"\\(?:part|chapter|section|subsection|subsubsection)\*?\s*[\[{]")
+_END_DOCUMENT = re.compile(r"\\end\s*\{document\}")
+# A "References" heading right before the bibliography goes with it.
+_BIB_HEADING = r"(?:\\(?:section|chapter)\*?\s*\{\s*(?:References|Bibliography)\s*\}\s*)?"
+_BIB_ENV = re.compile(
+    _BIB_HEADING + r"\\begin\s*\{(thebibliography|references)\}.*?(?:\\end\s*\{\1\}|\Z)",
+    re.DOTALL | re.IGNORECASE,
+)
+_BIB_COMMAND = re.compile(
+    _BIB_HEADING
+    + r"(?:\\(?:bibliography|bibliographystyle|addbibresource|nobibliography)\s*(?:\[[^\]]*\])?"
+    r"\s*\{[^}]*\}|\\printbibliography\b(?:\[[^\]]*\])?)"
+)
+_APPENDIX = re.compile(r"\\appendix(?![a-zA-Z])|\\begin\s*\{appendices\}")
+
+
+def clean(tex: str, opts: Options) -> str | None:
+    """The paper's text as LLaMA kept it, or None if it has no section heading."""
+    macros, tex = collect_macros(tex) if opts.expand_macros else ({}, tex)
+    end = _END_DOCUMENT.search(tex)
+    if end:
+        tex = tex[: end.start()]
+    begin = _BEGIN_DOCUMENT.search(tex)
+    heading = _FIRST_HEADING.search(tex, begin.end() if begin else 0)
+    if heading is None:
+        if opts.drop_without_section:
+            return None
+        tex = tex[begin.end() :] if begin else tex
+    else:
+        tex = tex[heading.start() :]
+    tex = _BIB_COMMAND.sub("", _BIB_ENV.sub("", tex))
+    if not opts.keep_appendix and (appendix := _APPENDIX.search(tex)):
+        tex = tex[: appendix.start()]
+    tex = expand_macros(tex, macros, opts.max_macro_passes)
+    tex = re.sub(r"[ \t]+\n", "\n", tex)
+    return re.sub(r"\n{3,}", "\n\n", tex).strip() + "\n"
+
+
+def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
+    """Nothing to train or download for arXiv."""
+
+
+def steps(opts: Options, work_dir: Path) -> list[Step]:
+    def clean_doc(doc: Document) -> Document | str:
+        text = clean(doc.text, opts)
+        if text is None:
+            return "no_section"
+        doc.text = text
+        return doc
+
+    return [map_step("clean", clean_doc)]
