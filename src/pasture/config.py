@@ -83,6 +83,17 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise PastureError(f"{where}: expected a list, got {value!r}")
         return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or (
+            items and items[-1] is not Ellipsis and len(value) != len(items)
+        ):
+            raise PastureError(f"{where}: expected {len(items)} values, got {value!r}")
+        kinds = [items[0]] * len(value) if items and items[-1] is Ellipsis else list(items)
+        return tuple(
+            _convert(k, v, f"{where}[{i}]")
+            for i, (k, v) in enumerate(zip(kinds, value, strict=True))
+        )
     if origin is dict:
         key_type, item = typing.get_args(hint) or (str, Any)
         if not isinstance(value, dict):

@@ -10,3 +10,12 @@ Each module defines the same five things, and nothing else is needed to add a so
     prepare(opts, input_root: Path, work_dir: Path) -> None   # once per build (train models)
     steps(opts, work_dir: Path) -> list[Step]   # the processing after reading, in order
 """
+
+from types import ModuleType
+
+from . import arxiv, books, c4, commoncrawl, github, stackexchange, wikipedia
+
+# Table 1's order.
+SOURCES: dict[str, ModuleType] = {
+    m.NAME: m for m in (commoncrawl, c4, github, wikipedia, books, arxiv, stackexchange)
+}

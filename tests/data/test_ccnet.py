@@ -1,0 +1,130 @@
+"""CCNet text processing: normalization, line dedup, language id, n-gram LM, classifier."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import random
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pasture.data import ccnet
+from pasture.data.document import Context, Document
+from pasture.data.sources import commoncrawl
+
+
+@pytest.fixture(scope="module")
+def wiki_texts(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = shared_data / "pretrain"
+    work = tmp_path_factory.mktemp("wiki")
+    texts = list(itertools.islice(commoncrawl.wikipedia_texts(root, "en", work), 36))
+    assert len(texts) == 36 and sum(map(len, texts)) > 500_000
+    return texts
+
+
+@pytest.fixture(scope="module")
+def web_texts(shared_data: Path) -> list[str]:
+    path = (
+        shared_data / "pretrain/commoncrawl/reference_processed/"
+        "dolma_CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
+    )
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line)["text"] for line in f]
+
+
+def test_normalize_for_dedup() -> None:
+    assert ccnet.normalize_for_dedup("  Café, 1999: Hello!  ") == "cafe 0000 hello"
+    assert ccnet.normalize_for_dedup("Café 1") == ccnet.normalize_for_dedup("cafe, 2!")
+    assert ccnet.normalize_for_dedup("“Quoted” — text…") == "quoted  text"
+    assert ccnet.normalize_for_dedup("\u200b \t") == ""
+
+
+def _docs(*texts: str) -> list[Document]:
+    return [Document(t, f"d{i}", "commoncrawl") for i, t in enumerate(texts)]
+
+
+def test_line_dedup_keeps_first_occurrence_across_documents() -> None:
+    shared = "This paragraph is shared by two pages of the same shard.\nAnd its second line."
+    docs = _docs(
+        f"First page intro.\n{shared}\nFirst page outro.",
+        f"Second page intro.\n{shared.upper().replace('.', '!')}\nSecond page outro.",
+        "Second page intro.\n\nSecond page outro.",
+    )
+    ctx = Context("s")
+    out = list(ccnet.line_dedup_step()(docs, ctx))
+    assert [d.id for d in out] == ["d0", "d1"]
+    assert out[0].text.count("\n") == 3
+    assert out[1].text == "Second page intro.\nSecond page outro."
+    assert out[1].metadata["line_ids"] == [0, 3]
+    assert out[1].metadata["original_nlines"] == 4 and out[1].metadata["nlines"] == 2
+    assert ctx.stats["read"].dropped == {"duplicate_lines": 1}
+
+
+def test_language_identifier() -> None:
+    ident = ccnet.LanguageIdentifier()
+    lang, score = ident.identify("The quick brown fox jumps over the lazy dog near the river.")
+    assert lang == "en" and 0.5 <= score <= 1.0
+    assert ident.identify("Der schnelle braune Fuchs springt über den faulen Hund.")[0] == "de"
+    with pytest.raises(Exception, match="fasttext"):
+        ccnet.LanguageIdentifier("/nonexistent/lid.176.bin")
+
+
+def test_ngram_lm_ranks_wikipedia_above_garbage(wiki_texts: list[str], tmp_path: Path) -> None:
+    train, held_out = wiki_texts[:30], wiki_texts[30:]
+    lines = [line for t in train for line in t.split("\n") if line.strip()]
+    tokens = ccnet.SentencePieceTokens.train(lines, 2000)
+    lm = ccnet.NgramLM.train(map(tokens, lines), tokens.vocab_size, 4)
+    lm.save(tmp_path / "lm.npz")
+    model = ccnet.PerplexityModel(tokens, ccnet.NgramLM.load(tmp_path / "lm.npz"))
+
+    # probabilities of a context sum to one over the vocabulary (+ EOS)
+    ctx = tuple(tokens(lines[0])[:3])
+    total = sum(10 ** lm.log10_prob(ctx, t) for t in [*range(lm.vocab_size), lm.eos])
+    assert total == pytest.approx(1.0, abs=1e-6)
+
+    rng = random.Random(0)
+    wiki = [model.perplexity(t[:5000]) for t in held_out]
+    shuffled, letters = [], []
+    for t in held_out:
+        words = t[:5000].split()
+        rng.shuffle(words)
+        shuffled.append(model.perplexity(" ".join(words)))
+        letters.append(model.perplexity("".join(rng.choice("abcdefghij ") for _ in range(1500))))
+    assert all(w < s for w, s in zip(wiki, shuffled, strict=True))  # word order matters
+    assert statistics.median(shuffled) < statistics.median(letters)
+    assert max(wiki) < min(letters)
+    cutoffs = (statistics.median(wiki), max(letters))
+    assert ccnet.bucket_of(min(wiki), cutoffs) == "head"
+    assert ccnet.bucket_of(max(shuffled), cutoffs) == "middle"
+    assert ccnet.bucket_of(max(letters) + 1, cutoffs) == "tail"
+    # same input, same model
+    one, two = (ccnet.NgramLM.train(map(tokens, lines[:500]), tokens.vocab_size, 4) for _ in "ab")
+    assert all(np.array_equal(a, b) for a, b in zip(one.grams, two.grams, strict=True))
+
+
+def test_reference_classifier_learns_wikipedia_vs_web(
+    wiki_texts: list[str], web_texts: list[str], tmp_path: Path
+) -> None:
+    wiki = [p for t in wiki_texts for p in t.split("\n") if len(p) > 300]
+    web = [t for t in web_texts if len(t) > 300]
+    assert len(wiki) > 300 and len(web) > 300
+    clf = ccnet.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
+    pos = [clf.score(t) for t in wiki[1::2]]
+    neg = [clf.score(t) for t in web[1::2]]
+    accuracy = (sum(s >= 0.5 for s in pos) + sum(s < 0.5 for s in neg)) / (len(pos) + len(neg))
+    assert accuracy > 0.85, accuracy
+    clf.save(tmp_path / "clf.npz")
+    loaded = ccnet.ReferenceClassifier.load(tmp_path / "clf.npz")
+    assert loaded.score(wiki[1]) == clf.score(wiki[1])
+    again = ccnet.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
+    assert np.array_equal(again.weights, clf.weights)
+
+    ctx = Context("s")
+    docs = _docs(wiki[1], web[1])
+    kept = list(ccnet.reference_step(clf, 0.5)(docs, ctx))
+    assert "reference_score" in docs[1].metadata
+    assert len(kept) + sum(ctx.stats["read"].dropped.values()) == 2
