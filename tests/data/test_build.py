@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -162,7 +163,9 @@ def test_ray_executor_matches_local(shared_data: Path, tmp_path: Path) -> None:
     assert len(local) > 20 and local == ray_out
 
 
-def test_bad_inputs_are_skipped_with_their_reason(shared_data: Path, tmp_path: Path) -> None:
+def test_bad_inputs_are_skipped_with_their_reason(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     tokenizer = str(shared_data / "models" / "llama-tokenizer" / "tokenizer.model")
     clean_root = _subset(shared_data, tmp_path / "clean_in")
     clean = build_dataset(_config(workers=2), clean_root, tmp_path / "clean", "local", tokenizer)
@@ -184,7 +187,11 @@ def test_bad_inputs_are_skipped_with_their_reason(shared_data: Path, tmp_path: P
     for rel, data in planted.items():
         (bad / rel).parent.mkdir(parents=True, exist_ok=True)
         (bad / rel).write_bytes(data)
-    report = build_dataset(_config(workers=2), bad, tmp_path / "bad", "local", tokenizer)
+    with caplog.at_level(logging.WARNING, logger="pasture.data"):  # in-process: workers=1
+        report = build_dataset(_config(workers=1), bad, tmp_path / "bad", "local", tokenizer)
+    for rel in planted:  # one log line names each bad file
+        lines = [r.getMessage() for r in caplog.records if str(bad / rel) in r.getMessage()]
+        assert lines and "skipped" in lines[0], rel
     reasons = {
         source: {r for s in entry["stages"].values() for r in s["dropped"]}
         for source, entry in report["sources"].items()
