@@ -29,6 +29,7 @@ by Wikipedia ships with the samples, so there is nothing to train a default on.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
@@ -377,9 +378,16 @@ def _load_model(opts: Options, work_dir: Path, lang: str) -> ccnet.PerplexityMod
     paths = _paths(work_dir, lang)
     if not paths["lm"].is_file():
         raise PastureError(f"{paths['lm']}: no {lang} perplexity LM; run the prepare step first")
-    return ccnet.PerplexityModel(
-        ccnet.SentencePieceTokens(paths["sp"]), ccnet.NgramLM.load(paths["lm"])
-    )
+    lm = _load_ngram(str(paths["lm"]), paths["lm"].stat().st_mtime_ns)
+    return ccnet.PerplexityModel(ccnet.SentencePieceTokens(paths["sp"]), lm)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_ngram(path: str, mtime_ns: int) -> ccnet.NgramLM:
+    """Loading takes seconds: once per worker process, not once per shard (mtime: a retrained
+    model is reloaded)."""
+    del mtime_ns
+    return ccnet.NgramLM.load(Path(path))
 
 
 def steps(opts: Options, work_dir: Path) -> list[Step]:
