@@ -12,6 +12,9 @@ ALLOWED = {
     "data": set(),
     "interop": {"model", "data"},
     "generate": {"model"},
+    "carbon": set(),
+    "parallel": {"model"},
+    "train": {"model", "data", "parallel", "carbon"},
 }
 
 

@@ -203,6 +203,16 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.md'}", file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import build, load_toml
+    from .train.config import TrainConfig
+    from .train.loop import train
+
+    cfg = build(TrainConfig, load_toml(args.config, args.set), args.config or "config")
+    resume: str | bool = True if args.resume == "latest" else (args.resume or False)
+    train(cfg, resume=resume)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -291,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel shards (default: config, else cores)")
     p.set_defaults(func=cmd_data_build)
 
+    p = sub.add_parser("train", help="pretrain with the paper's recipe (one process or torchrun)")
+    p.add_argument("--config", help="TOML in configs/train/ (default: the debug config)")
+    p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
+    p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "carbon", help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `pasture carbon --help`")
+
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--data", help="shared data folder (default: $PASTURE_DATA or ../shared/data)")
@@ -299,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["carbon"]:  # its own argument parser (pasture.carbon has no CLI imports)
+        from .carbon.footprint import carbon_main
+
+        return carbon_main(argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
