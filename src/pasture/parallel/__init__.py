@@ -1,0 +1,1 @@
+"""Parallelism applied from outside the single-device model: meshes, FSDP2, TP, checkpointing."""
