@@ -252,7 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--files", type=int, default=4, help="WARC files = shards = tasks")
+    parser.add_argument("--files", type=int, default=2, help="WARC files = shards = tasks")
     args = parser.parse_args()
     lid_model = fasttext_lid_model()
     if lid_model is None:
@@ -301,6 +301,7 @@ def main() -> None:
             record = {
                 **run,
                 "workers": workers,
+                "load_average": os.getloadavg()[0],
                 "tasks": args.files,
                 "rounds": args.rounds,
                 "input_documents": n_docs,

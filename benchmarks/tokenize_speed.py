@@ -39,6 +39,7 @@ import numpy as np
 import sentencepiece as spm
 from datatrove.data import Document
 from datatrove.pipeline.tokens import DocumentTokenizer
+from datatrove.utils.logging import logger as datatrove_logger
 
 from pasture.data.shards import tokenize_documents
 from pasture.data.sources.commoncrawl import wikipedia_texts
@@ -96,8 +97,7 @@ def run_datatrove(docs: list[Document], tokenizer_json: Path, out: Path) -> int:
         shuffle_documents=False,
         save_final_metadata=False,
     )
-    for _ in step.run(iter(docs)):
-        pass
+    step.run(iter(docs))  # writes the shard; returns nothing
     return int(step.stats["tokens"].total)
 
 
@@ -105,6 +105,7 @@ def convert_tokenizer(folder: Path) -> Path:
     """``tokenizer.json`` for HF ``tokenizers`` from the SentencePiece model (no download)."""
     from transformers import LlamaTokenizer
 
+    folder.mkdir(parents=True)
     (folder / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())
     LlamaTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder / "hf"))
     return folder / "hf" / "tokenizer.json"
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     RESULTS.parent.mkdir(exist_ok=True)
+    datatrove_logger.remove()  # its per-step INFO lines
     with tempfile.TemporaryDirectory(prefix="tok-bench-") as tmp_name:
         tmp = Path(tmp_name)
         texts = load_texts(tmp / "wiki-work")

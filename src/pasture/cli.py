@@ -213,6 +213,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=resume)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    ckpt = export(Path(args.run_dir), Path(args.dst), args.to, args.dtype)
+    print(
+        f"{args.run_dir} -> {args.dst} ({args.to}, {count_parameters(ckpt.args):,} parameters)",
+        file=sys.stderr,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -307,8 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("export", help="a training run's checkpoint as Meta/HF/llama2.c/GGUF")
+    p.add_argument("run_dir")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=sorted(interop.FORMATS), required=True)
+    p.add_argument("--dtype", choices=sorted(interop.DTYPES))
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser(
-        "carbon", help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)",
+        "carbon",
+        help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)",
         add_help=False,
     )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `pasture carbon --help`")

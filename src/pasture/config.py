@@ -18,11 +18,11 @@ from .errors import PastureError
 T = TypeVar("T")
 
 
-def load_toml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a TOML file and apply ``key.sub=value`` overrides (values parsed as TOML)."""
-    path = Path(path)
+def load_toml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a TOML file (None: start empty) and apply ``key.sub=value`` overrides (values
+    parsed as TOML, else taken as strings)."""
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(Path(path).read_text()) if path is not None else {}
     except FileNotFoundError:
         raise PastureError(f"{path}: no such config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -1,0 +1,48 @@
+"""The typed config tree of ``pasture train`` (TOML in ``configs/train/``, ``--set`` overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..parallel.parallelize import ParallelConfig
+from .optim import OptimConfig
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "debug"  # a name in pasture.model.PRESETS
+    max_seq_len: int | None = None  # override the preset's context
+    # vocab_size comes from the tokenizer
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # `pasture data build` output folder; empty: the default corpus (stdlib)
+    mixture: dict[str, float] = field(default_factory=dict)  # empty: the build's mixture
+    tokenizer: str = ""  # SentencePiece model; empty: train one on the default corpus
+    vocab_size: int = 2000  # for a tokenizer trained here
+    corpus_bytes: int = 4_000_000  # how much of the default corpus to use
+    seq_len: int = 256
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    run_dir: str = "runs/debug"
+    steps: int = 200
+    batch_tokens: int = 4_194_304  # global batch in tokens (the paper: 4M); accumulation fills it
+    micro_batch: int = 8  # sequences per rank per forward pass
+    seed: int = 0
+    device: str = ""  # empty: cuda if available, else cpu
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    nan_policy: str = "stop"  # stop | skip (drop the batch's update)
+    peak_tflops: float = 0.0  # for MFU; 0: the device's bf16 dense peak if known
+    # Energy and carbon (paper §6): NVML where a GPU is visible, else hours × devices × power.
+    device_power_watts: float = 400.0  # the paper's A100 figure
+    pue: float = 1.1
+    carbon_intensity: float = 0.385  # tCO2eq per MWh (US average; set your region's)

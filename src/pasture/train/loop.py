@@ -1,0 +1,259 @@
+"""``pasture train``: the paper's recipe (§2.3–2.4) on one CPU process or under torchrun.
+
+    pasture train --config configs/train/debug.toml                      # one process
+    torchrun --nproc-per-node 8 -m pasture.cli train --config configs/train/llama-7b.toml \\
+        --set data.shards=runs/data --set parallel.tp=2                  # FSDP2 × TP
+    pasture train --config configs/train/debug.toml --resume             # continue the latest
+
+The model is built on the meta device, parallelized (``pasture.parallel``: TP → activation
+checkpointing → compile → FSDP), then initialized. Each step accumulates micro-batches until the
+global batch (``batch_tokens``) is reached, clips the gradient norm, and steps AdamW at the
+step's warmup/cosine learning rate. ``RUN/metrics.jsonl`` gets one line per logged step;
+``RUN/config.json`` is the resolved config; checkpoints are in ``RUN/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..carbon.footprint import EnergyMeter
+from ..config import to_dict
+from ..data.corpus import default_corpus_files, iter_documents
+from ..data.loader import MixtureLoader
+from ..data.shards import Shard, list_shards, tokenize_documents
+from ..data.tokenizer import Tokenizer, train_tokenizer
+from ..errors import PastureError
+from ..model import PRESETS, Transformer, count_parameters, flops_per_token, preset
+from ..parallel.mesh import build_mesh, init_distributed
+from ..parallel.parallelize import parallelize_model
+from . import checkpoint
+from .config import TrainConfig
+from .optim import build_optimizer, clip_grad_norm, lr_at
+
+# Dense bf16 peak FLOP/s per device, for MFU when peak_tflops is not set.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def peak_flops(device: torch.device, configured_tflops: float) -> float | None:
+    if configured_tflops > 0:
+        return configured_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_BF16.items():
+            if key in name:
+                return flops
+    return None
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, rank: int) -> tuple[dict, dict, int]:
+    """Shard prefixes per source, mixture weights and the vocabulary size."""
+    if cfg.data.shards:
+        root = Path(cfg.data.shards) / "tokens"
+        if not root.is_dir():
+            raise PastureError(f"{root}: no token shards (run `pasture data build` first)")
+        sources = {d.name: list_shards(d) for d in sorted(root.iterdir()) if d.is_dir()}
+        sources = {name: shards for name, shards in sources.items() if shards}
+        weights = (
+            cfg.data.mixture
+            or json.loads((Path(cfg.data.shards) / "config.json").read_text())["mixture"]
+        )
+        weights = {name: w for name, w in weights.items() if name in sources}
+        if not sources:
+            raise PastureError(f"{root}: no finished shards")
+        vocab = Shard(next(iter(sources.values()))[0]).vocab_size
+        return sources, weights, vocab
+    # The default corpus: Python's standard library, tokenized once into the run folder.
+    data_dir = run_dir / "data"
+    prefix = data_dir / "stdlib"
+    tokenizer_path = data_dir / "tokenizer.model"
+    if cfg.data.tokenizer:
+        tokenizer_path = Path(cfg.data.tokenizer)
+    if rank == 0 and not prefix.with_suffix(".idx").exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        files = default_corpus_files(max_bytes=cfg.data.corpus_bytes)
+        if not tokenizer_path.exists():
+            train_tokenizer(files, tokenizer_path, vocab_size=cfg.data.vocab_size)
+        tokenize_documents(iter_documents(files), Tokenizer.from_file(tokenizer_path), prefix)
+    _barrier()
+    return {"stdlib": [prefix]}, {"stdlib": 1.0}, Shard(prefix).vocab_size
+
+
+def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
+    return torch.device(cfg.device) if cfg.device else device
+
+
+def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
+    """Run (or continue) training; returns the last logged metrics."""
+    if cfg.model.preset not in PRESETS:
+        raise PastureError(f"model.preset: unknown preset {cfg.model.preset!r}")
+    if cfg.nan_policy not in ("stop", "skip"):
+        raise PastureError(f"nan_policy: {cfg.nan_policy!r} is not stop or skip")
+    lr_at(0, cfg.steps, cfg.optim)  # schedule errors (steps ≤ warmup) before any work
+    rank, world, device = init_distributed()
+    device = _device(cfg, device)
+    mesh = build_mesh(world, cfg.parallel.tp, device.type)
+    dp_rank, dp_world = rank, world
+    if mesh is not None:
+        dp_rank, dp_world = mesh["dp_shard"].get_local_rank(), mesh["dp_shard"].size()
+    run_dir = Path(cfg.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    sources, weights, vocab = prepare_data(cfg, run_dir, rank)
+
+    seq_len = cfg.data.seq_len
+    overrides: dict[str, Any] = {"vocab_size": vocab}
+    if cfg.model.max_seq_len:
+        overrides["max_seq_len"] = cfg.model.max_seq_len
+    args = preset(cfg.model.preset, **overrides)
+    if seq_len > args.max_seq_len:
+        raise PastureError(f"data.seq_len {seq_len} exceeds the model's context {args.max_seq_len}")
+    per_micro = cfg.micro_batch * seq_len * dp_world
+    if cfg.batch_tokens % per_micro:
+        raise PastureError(
+            f"batch_tokens {cfg.batch_tokens} is not a multiple of micro_batch × seq_len × "
+            f"data-parallel ranks = {cfg.micro_batch} × {seq_len} × {dp_world} = {per_micro}"
+        )
+    accumulation = cfg.batch_tokens // per_micro
+
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model = parallelize_model(model, mesh, cfg.parallel)
+    model.to_empty(device=device)
+    if mesh is None:
+        model.init_weights(seed=cfg.seed)
+    else:  # sharded (DTensor) parameters draw from the seeded global RNG, mesh-aware
+        torch.manual_seed(cfg.seed)
+        model.init_weights()
+    model.train()
+    optimizer = build_optimizer(model, cfg.optim)
+    loader = MixtureLoader(
+        sources,
+        weights,
+        seq_len=seq_len,
+        batch_size=cfg.micro_batch,
+        seed=cfg.seed,
+        rank=dp_rank,
+        world_size=dp_world,
+    )
+    start = 0
+    path = checkpoint.latest(run_dir) if resume is True else (Path(resume) if resume else None)
+    if resume is True and path is None and rank == 0:
+        tqdm.write(f"pasture: no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+    if path is not None:
+        state = checkpoint.load(path, model, optimizer)
+        loader.load_state_dict(state["loader"])
+        start = state["step"]
+
+    autocast = cfg.parallel.mixed_precision == "bf16" and mesh is None and device.type == "cuda"
+    peak = peak_flops(device, cfg.peak_tflops)
+    flops = flops_per_token(args, seq_len)
+    metrics_path = run_dir / "metrics.jsonl"
+    batches = iter(loader)
+    last: dict[str, Any] = {}
+    window_tokens, window_start = 0, time.perf_counter()
+    progress = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=rank != 0
+    )
+    if rank == 0:
+        tqdm.write(
+            f"pasture: {cfg.model.preset} {count_parameters(args):,} parameters, "
+            f"{world} rank(s), accumulation {accumulation}, {device}"
+        )
+    meter = EnergyMeter(
+        power_watts=cfg.device_power_watts,
+        devices=None if device.type == "cuda" else world,
+        pue=cfg.pue,
+        carbon_intensity=cfg.carbon_intensity,
+    )
+    meter.start()
+    for step in progress:
+        lr = lr_at(step, cfg.steps, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accumulation):
+            inputs, targets = (t.to(device) for t in next(batches))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            (loss / accumulation).backward()
+            loss_sum += loss.detach() / accumulation
+        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
+        if dist.is_initialized():
+            dist.all_reduce(
+                loss_sum, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM
+            )
+            if device.type != "cuda":
+                loss_sum /= world  # gloo has no AVG
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            if cfg.nan_policy == "stop":
+                good = checkpoint.latest(run_dir)
+                raise PastureError(
+                    f"step {step}: loss {loss_value}, grad norm {float(grad_norm)}; stopped. "
+                    f"Last good checkpoint: {good or 'none'}"
+                )
+            if rank == 0:
+                tqdm.write(f"pasture: step {step}: non-finite loss, batch skipped")
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_tokens += cfg.batch_tokens
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_tokens / elapsed
+            last = {
+                "step": done,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": done * cfg.batch_tokens,
+                "tokens_per_s": tokens_per_s,
+                "mfu": None if peak is None else flops * tokens_per_s / (peak * world),
+                "memory_gb": (
+                    torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+                ),
+            }
+            if rank == 0:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            window_tokens, window_start = 0, time.perf_counter()
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpoint.save(
+                run_dir,
+                done,
+                model,
+                optimizer,
+                {"loader": loader.state_dict()},
+                cfg.keep_checkpoints,
+            )
+    footprint = meter.stop()
+    if rank == 0:
+        carbon = {"steps": [start, cfg.steps], **footprint.to_dict()}
+        with (run_dir / "carbon.jsonl").open("a") as f:  # one line per (resumed) session
+            f.write(json.dumps(carbon) + "\n")
+        tqdm.write(
+            f"pasture: {footprint.gpu_hours:.4f} device-hours, {footprint.energy_mwh * 1000:.3f} "
+            f"kWh, {footprint.tco2eq * 1000:.3f} kgCO2eq ({footprint.method}); "
+            f"metrics in {metrics_path}"
+        )
+    return last

@@ -1,0 +1,148 @@
+"""`pasture train` on one CPU process: the loss falls, resume is exact, faults stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pasture.config import build
+from pasture.errors import PastureError
+from pasture.train.config import TrainConfig
+from pasture.train.loop import train
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "log_every=1", "optim.warmup_steps=4"]
+
+
+def _config(run_dir: Path, **top) -> TrainConfig:
+    from pasture.config import load_toml
+
+    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL)
+    data.update(run_dir=str(run_dir), **top)
+    return build(TrainConfig, data, "debug.toml")
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {m["step"]: m["loss"] for m in map(json.loads, lines)}  # later lines win
+
+
+def test_debug_model_learns(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "run", steps=80, checkpoint_every=1000)
+    train(cfg)
+    losses = _losses(tmp_path / "run")
+    assert losses[1] > 6.0  # ≈ ln(1000) at the start
+    assert losses[80] < 0.6 * losses[1]
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(metrics[-1])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 80
+
+
+def _cli(run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasture.cli",
+        "train",
+        "--config",
+        str(REPO / "configs" / "train" / "debug.toml"),
+        *(f"--set={s}" for s in [*SMALL, f"run_dir={run_dir}", "steps=16", "checkpoint_every=4"]),
+        *extra,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
+    clean = _cli(tmp_path / "clean")
+    assert clean.wait(timeout=300) == 0, clean.stderr.read()
+    # Same data folder (tokenizer, shard) for the second run, so only training differs.
+    shutil.copytree(tmp_path / "clean" / "data", tmp_path / "killed" / "data")
+    killed = _cli(tmp_path / "killed")
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000008"
+    deadline = time.time() + 120
+    while time.time() < deadline and not marker.exists():
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert marker.exists()
+    before = _losses(tmp_path / "killed")
+    assert max(before) < 16
+    resumed = _cli(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "clean")  # every bit
+
+
+def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "run", steps=8, checkpoint_every=4)
+    train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    # What a kill in the middle of saving step 12 leaves behind: a partial .tmp folder.
+    partial = ckpts / "step-00000012.tmp"
+    shutil.copytree(ckpts / "step-00000008", partial)
+    (partial / "train_state.json").unlink()
+    next(partial.glob("*.distcp")).write_bytes(b"\x00" * 10)
+    cfg.steps = 12
+    train(cfg, resume=True)  # resumes from step 8, not from the broken save
+    assert _losses(tmp_path / "run")[12] > 0
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000008", "step-00000012"]
+
+
+def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PastureError, match="not a multiple of micro_batch"):
+        train(_config(tmp_path / "a", batch_tokens=5000))
+    with pytest.raises(PastureError, match="model.preset: unknown preset 'huge'"):
+        train(build(TrainConfig, {"model": {"preset": "huge"}}))
+    cfg = _config(tmp_path / "nan", steps=20, checkpoint_every=2)
+    cfg.optim.lr = 1e6  # diverges within a few steps
+    cfg.optim.grad_clip = 1e30
+    with pytest.raises(PastureError, match=r"step \d+: loss .*stopped. Last good checkpoint"):
+        train(cfg)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pasture.cli",
+            "train",
+            "--set",
+            "optim.betaz=1",
+            "--set",
+            f"run_dir={tmp_path / 'x'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "pasture: error: config.optim: unknown key 'betaz' (known: lr, betas, eps, "
+        "weight_decay, grad_clip, warmup_steps, min_lr_ratio)"
+    )
+
+
+def test_export_matches_transformers(tmp_path: Path) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from pasture.export import export, load_trained
+
+    train(_config(tmp_path / "run", steps=6, checkpoint_every=3))
+    export(tmp_path / "run", tmp_path / "hf", "hf")
+    ours = load_trained(tmp_path / "run").to_model()
+    theirs = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tokens = torch.randint(
+        0, ours.args.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        assert (ours(tokens) - theirs(tokens).logits).abs().max() <= 1e-5
+    assert (tmp_path / "hf" / "tokenizer.model").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(tmp_path / "run" / "config.json", empty / "config.json")
+    with pytest.raises(PastureError, match="no complete checkpoint"):
+        export(empty, tmp_path / "x", "hf")
