@@ -146,3 +146,61 @@ def test_export_matches_transformers(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "run" / "config.json", empty / "config.json")
     with pytest.raises(PastureError, match="no complete checkpoint"):
         export(empty, tmp_path / "x", "hf")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "pasture.cli",
+        "train",
+        "--config",
+        str(REPO / "configs" / "train" / "debug.toml"),
+        *(
+            f"--set={s}"
+            for s in [
+                *SMALL,
+                f"run_dir={run_dir}",
+                "steps=12",
+                "checkpoint_every=4",
+                "batch_tokens=8192",
+            ]
+        ),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def test_two_process_fsdp_run_resumes_bit_identically(tmp_path: Path) -> None:
+    import os
+
+    clean = _torchrun(tmp_path / "clean")
+    assert clean.wait(timeout=300) == 0, clean.stderr.read()[-3000:]
+    shutil.copytree(tmp_path / "clean" / "data", tmp_path / "killed" / "data")
+    killed = _torchrun(tmp_path / "killed")
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000004"
+    deadline = time.time() + 120
+    while time.time() < deadline and not marker.exists():
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
+    killed.wait()
+    assert marker.exists() and max(_losses(tmp_path / "killed")) < 12
+    resumed = _torchrun(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "clean")
