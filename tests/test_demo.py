@@ -9,7 +9,7 @@ from pasture.demo import run_demo
 
 
 def test_demo(tmp_path: Path, shared_data: Path, capsys) -> None:
-    run_demo(tmp_path, data=shared_data, corpus_bytes=1_000_000)
+    run_demo(tmp_path, data=shared_data, corpus_bytes=1_000_000, train_steps=40)
     steps = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]
     names = [s["step"] for s in steps]
     assert names[0] == "tokenizer" and names[-1] == "generate_stories260K"
@@ -17,5 +17,10 @@ def test_demo(tmp_path: Path, shared_data: Path, capsys) -> None:
     trips = [s for s in steps if s["step"] == "round_trip"]
     assert [t["format"] for t in trips] == ["meta", "hf", "llama2c", "gguf", "meta"]
     assert all(t["max_abs_logit_delta"] == 0.0 for t in trips)
+    trained = next(s for s in steps if s["step"] == "train")
+    assert trained["last_loss"] < 0.75 * trained["first_loss"]
+    assert trained["tco2eq"] >= 0 and trained["method"] == "estimate"
+    assert (tmp_path / "train" / "loss.png").stat().st_size > 10_000
+    assert (tmp_path / "trained-hf" / "model.safetensors").is_file()
     assert steps[-1]["completion"].startswith(", there was a")
     assert "Once upon a time, there was a" in capsys.readouterr().out

@@ -213,6 +213,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg, resume=resume)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from .train.plot import plot_loss
+
+    runs = [Path(r) for r in args.run_dirs]
+    out = plot_loss(runs, Path(args.out) if args.out else runs[0] / "loss.png")
+    print(out)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export
 
@@ -316,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
     p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="loss against tokens (the paper's Figure 1) as a PNG")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", help="PNG path (default: FIRST_RUN/loss.png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="a training run's checkpoint as Meta/HF/llama2.c/GGUF")
     p.add_argument("run_dir")

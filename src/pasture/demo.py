@@ -3,8 +3,10 @@
 1. Train a SentencePiece BPE tokenizer with the paper's settings on Python's standard library.
 2. Build a debug-size LLaMA, round-trip it Meta → Hugging Face → llama2.c → GGUF → Meta and
    check that the logits never change.
-3. Generate from it (random weights: gibberish, but through the real cached decoder).
-4. If ``../shared/data/models`` is present, convert llama2.c's trained stories260K and tell a
+3. Pretrain the debug model on the standard library with the paper's recipe (AdamW, warmup +
+   cosine, clipping; DCP checkpoints), plot its loss, record its energy and carbon.
+4. Export the trained model to Hugging Face's format and generate from it.
+5. If ``../shared/data/models`` is present, convert llama2.c's trained stories260K and tell a
    story.
 
 Each step appends a JSON line to ``WORKDIR/demo.jsonl``.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,11 +24,16 @@ import torch
 from tqdm import tqdm
 
 from . import interop
+from .config import build, load_toml
 from .data.corpus import default_corpus_files
 from .data.tokenizer import train_tokenizer
+from .export import export
 from .generate import generate
 from .interop import Checkpoint
 from .model import Transformer, count_parameters, preset
+from .train.config import TrainConfig
+from .train.loop import train
+from .train.plot import plot_loss, read_metrics
 
 ROUND_TRIP = [("meta", "meta"), ("hf", "hf"), ("llama2c", "model.bin"), ("gguf", "model.gguf")]
 
@@ -34,7 +42,12 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("PASTURE_DATA", Path.cwd().parent / "shared" / "data"))
 
 
-def run_demo(workdir: Path, data: Path | None = None, corpus_bytes: int = 4_000_000) -> None:
+def run_demo(
+    workdir: Path,
+    data: Path | None = None,
+    corpus_bytes: int = 4_000_000,
+    train_steps: int = 300,
+) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "demo.jsonl"
     log_path.unlink(missing_ok=True)
@@ -45,7 +58,7 @@ def run_demo(workdir: Path, data: Path | None = None, corpus_bytes: int = 4_000_
 
     start = time.perf_counter()
     files = default_corpus_files(max_bytes=corpus_bytes)
-    print(f"[1/4] training a tokenizer on {len(files)} stdlib files ({corpus_bytes:,} bytes)")
+    print(f"[1/5] training a tokenizer on {len(files)} stdlib files ({corpus_bytes:,} bytes)")
     tokenizer = train_tokenizer(files, workdir / "tokenizer.model", vocab_size=2000)
     digits = [tokenizer.id_to_piece(i) for i in tokenizer.encode("12345")]
     print(f"      {tokenizer.vocab_size} pieces; '12345' -> {digits}")
@@ -76,23 +89,56 @@ def run_demo(workdir: Path, data: Path | None = None, corpus_bytes: int = 4_000_
             raise RuntimeError(f"logits changed by {delta} after writing {fmt}")
     print("      logits identical after every format")
 
-    print("[3/4] generating from the (untrained) debug model:")
+    run_dir = workdir / "train"
+    print(f"[3/5] pretraining the debug model for {train_steps} steps on the standard library")
+    overrides = [
+        f"run_dir={run_dir}",
+        f"steps={train_steps}",
+        "batch_tokens=4096",
+        "micro_batch=8",
+        "log_every=1",
+        f"checkpoint_every={train_steps}",
+        "model.preset=debug",
+        "data.seq_len=256",
+        f"data.tokenizer={workdir / 'tokenizer.model'}",
+        f"data.corpus_bytes={corpus_bytes}",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=20",
+        "parallel.mixed_precision=fp32",
+    ]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    last = train(build(TrainConfig, load_toml(None, overrides)))
+    first = read_metrics(run_dir)[0]
+    plot = plot_loss([run_dir], run_dir / "loss.png")
+    carbon = json.loads((run_dir / "carbon.jsonl").read_text().splitlines()[-1])
+    print(f"      loss {first['loss']:.2f} -> {last['loss']:.2f}; plot {plot}")
+    log(
+        "train",
+        run_dir=str(run_dir),
+        first_loss=first["loss"],
+        last_loss=last["loss"],
+        plot=str(plot),
+        **carbon,
+    )
+
+    print("[4/5] exporting the trained model to Hugging Face format and generating:")
+    trained = export(run_dir, workdir / "trained-hf", "hf")
     text = generate(
-        ckpt.to_model(),
-        ckpt.tokenizer,
+        trained.to_model(),
+        trained.tokenizer,
         "def main():",
-        max_new_tokens=24,
+        max_new_tokens=40,
         seed=0,
         temperature=0.8,
         top_p=0.95,
     )
-    print("      " + repr("def main():" + text))
-    log("generate_debug", prompt="def main():", completion=text)
+    print("      " + ("def main():" + text).replace("\n", "\n      "))
+    log("generate_trained", prompt="def main():", completion=text)
 
     data = data or default_data_dir()
     stories = data / "models" / "stories260K"
     if (stories / "stories260K.bin").is_file():
-        print("[4/4] llama2.c's trained stories260K, converted to Hugging Face format, greedy:")
+        print("[5/5] llama2.c's trained stories260K, converted to Hugging Face format, greedy:")
         ckpt = interop.load(stories / "stories260K.bin", tokenizer=stories / "tok512.model")
         interop.save(ckpt, workdir / "stories260K-hf", "hf")
         ckpt = interop.load(workdir / "stories260K-hf")
@@ -100,5 +146,5 @@ def run_demo(workdir: Path, data: Path | None = None, corpus_bytes: int = 4_000_
         print("      Once upon a time" + story.replace("\n", "\n      "))
         log("generate_stories260K", prompt="Once upon a time", completion=story)
     else:
-        print(f"[4/4] skipped: no stories260K under {data} (set PASTURE_DATA or pass --data)")
+        print(f"[5/5] skipped: no stories260K under {data} (set PASTURE_DATA or pass --data)")
     print(f"done in {time.perf_counter() - start:.1f}s; results in {log_path}")
