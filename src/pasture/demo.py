@@ -74,7 +74,7 @@ def run_demo(
     with torch.no_grad():
         reference = model(tokens)
     print(
-        f"[2/4] debug model: {count_parameters(config):,} parameters; round trip through "
+        f"[2/5] debug model: {count_parameters(config):,} parameters; round trip through "
         + " -> ".join(name for name, _ in ROUND_TRIP)
         + " -> meta"
     )

@@ -204,3 +204,28 @@ def test_two_process_fsdp_run_resumes_bit_identically(tmp_path: Path) -> None:
     resumed = _torchrun(tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "clean")
+
+
+def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
+    from pasture.data.pipeline import BuildConfig, build_dataset
+
+    root = tmp_path / "in"
+    for rel in ["stackexchange/coffee.stackexchange.com/Posts.xml", "books/gutenberg/972.txt"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_data / "pretrain" / rel, root / rel)
+    data_cfg = BuildConfig(
+        mixture={"stackexchange": 0.5, "books": 0.5},
+        workers=1,
+        sources={"stackexchange": {"sites": ["*"]}},
+    )
+    tokenizer = shared_data / "models" / "llama-tokenizer" / "tokenizer.model"
+    build_dataset(data_cfg, root, tmp_path / "data", tokenizer=str(tokenizer))
+    cfg = _config(tmp_path / "run", steps=6, checkpoint_every=3)
+    cfg.data.shards = str(tmp_path / "data")
+    last = train(cfg)
+    assert last["step"] == 6 and last["loss"] < 11.0  # ln(32000) ≈ 10.4 at the start
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["shards"]
+    from pasture.export import export
+
+    exported = export(tmp_path / "run", tmp_path / "hf", "hf")  # the build's tokenizer travels
+    assert exported.tokenizer is not None and exported.tokenizer.vocab_size == 32000

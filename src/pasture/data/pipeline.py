@@ -300,6 +300,9 @@ def build_dataset(
                     for doc in read_documents(path):
                         f.write(doc.text.replace("\n", " ") + "\n")
             train_tokenizer([text_file], Path(tokenizer), vocab_size=cfg.vocab_size)
+    elif Path(tokenizer).resolve() != (out / "tokenizer.model").resolve():
+        # The output folder carries its tokenizer: training and export find it there.
+        _write_atomic(out / "tokenizer.model", Path(tokenizer).read_bytes())
     token_stats = run(tokenize_shard, jobs, (tokenizer, str(out)), workers, "tokenize")
     report = build_report(cfg, jobs, shard_stats, token_stats, out)
     write_report(report, out)
