@@ -229,3 +229,13 @@ def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
 
     exported = export(tmp_path / "run", tmp_path / "hf", "hf")  # the build's tokenizer travels
     assert exported.tokenizer is not None and exported.tokenizer.vocab_size == 32000
+
+
+def test_resume_into_another_shape_is_one_clear_error(tmp_path: Path) -> None:
+    train(_config(tmp_path / "run", steps=6, checkpoint_every=3))
+    other = _config(tmp_path / "run", steps=9, checkpoint_every=3)
+    other.model.preset = "debug-gqa"  # fewer key/value heads: wk/wv shapes differ
+    with pytest.raises(
+        PastureError, match=r"step-00000006: cannot load into this model.*Size mismatch"
+    ):
+        train(other, resume=True)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import PastureError
@@ -92,8 +93,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    except Exception as e:  # DCP raises CheckpointException wrapping per-rank errors
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (Exception, CheckpointException) as e:  # the latter is a BaseException
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        message = lines[-1].strip() if lines else type(e).__name__  # the per-rank cause
         raise PastureError(f"{path}: cannot load into this model ({message[:300]})") from None
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
