@@ -97,6 +97,7 @@ def run_demo(
         "batch_tokens=4096",
         "micro_batch=8",
         "log_every=1",
+        "eval_every=50",
         f"checkpoint_every={train_steps}",
         "model.preset=debug",
         "data.seq_len=256",

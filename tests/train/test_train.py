@@ -41,7 +41,9 @@ def test_debug_model_learns(tmp_path: Path) -> None:
     assert losses[1] > 6.0  # ≈ ln(1000) at the start
     assert losses[80] < 0.6 * losses[1]
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(metrics[-1])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss"} <= set(metrics[-1])
+    held_out = {m["step"]: m["val_loss"] for m in metrics if m["val_loss"] is not None}
+    assert list(held_out) == [50] and held_out[50] < 0.75 * losses[1]  # eval_every = 50
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 80
 
 

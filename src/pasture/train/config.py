@@ -18,6 +18,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     shards: str = ""  # `pasture data build` output folder; empty: the default corpus (stdlib)
+    validation: str = ""  # a build of held-out data (the default corpus holds out its own)
     mixture: dict[str, float] = field(default_factory=dict)  # empty: the build's mixture
     tokenizer: str = ""  # SentencePiece model; empty: train one on the default corpus
     vocab_size: int = 2000  # for a tokenizer trained here
@@ -38,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     device: str = ""  # empty: cuda if available, else cpu
     log_every: int = 10
+    eval_every: int = 0  # validation loss every N steps on held-out shards (0: never)
+    eval_batches: int = 4
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     nan_policy: str = "stop"  # stop | skip (drop the batch's update)

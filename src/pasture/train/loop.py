@@ -59,37 +59,67 @@ def peak_flops(device: torch.device, configured_tflops: float) -> float | None:
     return None
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, rank: int) -> tuple[dict, dict, int]:
-    """Shard prefixes per source, mixture weights and the vocabulary size."""
+Sources = dict[str, list[Path]]
+
+
+def _built_shards(folder: Path, mixture: dict[str, float]) -> tuple[Sources, dict[str, float]]:
+    root = folder / "tokens"
+    if not root.is_dir():
+        raise PastureError(f"{root}: no token shards (run `pasture data build` first)")
+    sources = {d.name: list_shards(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    sources = {name: shards for name, shards in sources.items() if shards}
+    if not sources:
+        raise PastureError(f"{root}: no finished shards")
+    weights = mixture or json.loads((folder / "config.json").read_text())["mixture"]
+    return sources, {name: w for name, w in weights.items() if name in sources}
+
+
+def prepare_data(
+    cfg: TrainConfig, run_dir: Path, rank: int
+) -> tuple[Sources, dict[str, float], int, tuple[Sources, dict[str, float]] | None]:
+    """Training shards and weights, the vocabulary size, and the held-out shards (or None)."""
     if cfg.data.shards:
-        root = Path(cfg.data.shards) / "tokens"
-        if not root.is_dir():
-            raise PastureError(f"{root}: no token shards (run `pasture data build` first)")
-        sources = {d.name: list_shards(d) for d in sorted(root.iterdir()) if d.is_dir()}
-        sources = {name: shards for name, shards in sources.items() if shards}
-        weights = (
-            cfg.data.mixture
-            or json.loads((Path(cfg.data.shards) / "config.json").read_text())["mixture"]
-        )
-        weights = {name: w for name, w in weights.items() if name in sources}
-        if not sources:
-            raise PastureError(f"{root}: no finished shards")
-        vocab = Shard(next(iter(sources.values()))[0]).vocab_size
-        return sources, weights, vocab
-    # The default corpus: Python's standard library, tokenized once into the run folder.
+        sources, weights = _built_shards(Path(cfg.data.shards), cfg.data.mixture)
+        held_out = None
+        if cfg.data.validation:
+            held_out = _built_shards(Path(cfg.data.validation), cfg.data.mixture)
+        return sources, weights, Shard(next(iter(sources.values()))[0]).vocab_size, held_out
+    # The default corpus: Python's standard library, tokenized once into the run folder;
+    # every 50th file is held out for the validation loss.
     data_dir = run_dir / "data"
-    prefix = data_dir / "stdlib"
+    prefix, val_prefix = data_dir / "stdlib", data_dir / "stdlib-val"
     tokenizer_path = data_dir / "tokenizer.model"
     if cfg.data.tokenizer:
         tokenizer_path = Path(cfg.data.tokenizer)
     if rank == 0 and not prefix.with_suffix(".idx").exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         files = default_corpus_files(max_bytes=cfg.data.corpus_bytes)
+        held, kept = files[::50], [f for i, f in enumerate(files) if i % 50]
         if not tokenizer_path.exists():
-            train_tokenizer(files, tokenizer_path, vocab_size=cfg.data.vocab_size)
-        tokenize_documents(iter_documents(files), Tokenizer.from_file(tokenizer_path), prefix)
+            train_tokenizer(kept, tokenizer_path, vocab_size=cfg.data.vocab_size)
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        tokenize_documents(iter_documents(held), tokenizer, val_prefix)
+        tokenize_documents(iter_documents(kept), tokenizer, prefix)  # its .idx marks "done"
     _barrier()
-    return {"stdlib": [prefix]}, {"stdlib": 1.0}, Shard(prefix).vocab_size
+    held_out = ({"stdlib": [val_prefix]}, {"stdlib": 1.0})
+    return {"stdlib": [prefix]}, {"stdlib": 1.0}, Shard(prefix).vocab_size, held_out
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module, loader: MixtureLoader, batches: int, device: torch.device
+) -> float:
+    """Mean loss over the first ``batches`` held-out batches (the same ones every time)."""
+    total = torch.zeros((), device=device)
+    stream = iter(loader)
+    for _ in range(batches):
+        inputs, targets = (t.to(device) for t in next(stream))
+        logits = model(inputs)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / batches
+    if dist.is_initialized():
+        dist.all_reduce(total)
+        total /= dist.get_world_size()
+    return total.item()
 
 
 def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
@@ -113,7 +143,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    sources, weights, vocab = prepare_data(cfg, run_dir, rank)
+    sources, weights, vocab, held_out = prepare_data(cfg, run_dir, rank)
 
     seq_len = cfg.data.seq_len
     overrides: dict[str, Any] = {"vocab_size": vocab}
@@ -217,7 +247,8 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         window_tokens += cfg.batch_tokens
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        evaluate = held_out is not None and cfg.eval_every and done % cfg.eval_every == 0
+        if done % cfg.log_every == 0 or done == cfg.steps or evaluate:
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_tokens / elapsed
             last = {
@@ -228,10 +259,21 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
                 "tokens": done * cfg.batch_tokens,
                 "tokens_per_s": tokens_per_s,
                 "mfu": None if peak is None else flops * tokens_per_s / (peak * world),
+                "val_loss": None,
                 "memory_gb": (
                     torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
                 ),
             }
+            if evaluate:
+                val_loader = MixtureLoader(
+                    *held_out,
+                    seq_len=seq_len,
+                    batch_size=cfg.micro_batch,
+                    seed=cfg.seed,
+                    rank=dp_rank,
+                    world_size=dp_world,
+                )
+                last["val_loss"] = validation_loss(model, val_loader, cfg.eval_batches, device)
             if rank == 0:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")

@@ -35,6 +35,14 @@ def plot_loss(run_dirs: list[Path], out: Path) -> Path:
     for run_dir in run_dirs:
         records = read_metrics(run_dir)
         ax.plot([r["tokens"] for r in records], [r["loss"] for r in records], label=run_dir.name)
+        held = [r for r in records if r.get("val_loss") is not None]
+        if held:
+            ax.plot(
+                [r["tokens"] for r in held],
+                [r["val_loss"] for r in held],
+                "o--",
+                label=f"{run_dir.name} (held out)",
+            )
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("training loss")
     ax.set_xscale("log")
