@@ -45,6 +45,9 @@ def test_debug_model_learns(tmp_path: Path) -> None:
     held_out = {m["step"]: m["val_loss"] for m in metrics if m["val_loss"] is not None}
     assert list(held_out) == [50] and held_out[50] < 0.75 * losses[1]  # eval_every = 50
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 80
+    table = (tmp_path / "run" / "carbon.md").read_text()
+    assert "| LLaMA-65B | A100-80GB | 400W | 1,022,362 | 449 MWh | 173 |" in table
+    assert "| debug (run, this run) | cpu | 400W |" in table
 
 
 def _cli(run_dir: Path, *extra: str) -> subprocess.Popen:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..carbon.footprint import EnergyMeter
+from ..carbon.footprint import PAPER_TABLE15, EnergyMeter, to_markdown
 from ..config import to_dict
 from ..data.corpus import default_corpus_files, iter_documents
 from ..data.loader import MixtureLoader
@@ -120,6 +120,30 @@ def validation_loss(
         dist.all_reduce(total)
         total /= dist.get_world_size()
     return total.item()
+
+
+def write_carbon_report(run_dir: Path, cfg: TrainConfig, device: torch.device) -> Path:
+    """``RUN/carbon.md``: the paper's Table 15 with this run's row (all sessions) added."""
+    sessions = [json.loads(line) for line in (run_dir / "carbon.jsonl").read_text().splitlines()]
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    row = {
+        "model": f"{cfg.model.preset} ({run_dir.name}, this run)",
+        "gpu": hardware,
+        "power_watts": cfg.device_power_watts,
+        "gpu_hours": round(sum(s["gpu_hours"] for s in sessions), 4),
+        "mwh": round(sum(s["energy_mwh"] for s in sessions), 6),
+        "tco2eq": round(sum(s["tco2eq"] for s in sessions), 6),
+    }
+    rows = [paper._asdict() for paper in PAPER_TABLE15] + [row]
+    path = run_dir / "carbon.md"
+    method = sessions[-1]["method"]
+    path.write_text(
+        f"# Carbon footprint (paper §6, Table 15 form)\n\nPUE {cfg.pue}, "
+        f"{cfg.carbon_intensity} tCO2eq/MWh; this run's energy: {method}.\n\n"
+        + to_markdown(rows)
+        + "\n"
+    )
+    return path
 
 
 def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
@@ -293,6 +317,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         carbon = {"steps": [start, cfg.steps], **footprint.to_dict()}
         with (run_dir / "carbon.jsonl").open("a") as f:  # one line per (resumed) session
             f.write(json.dumps(carbon) + "\n")
+        write_carbon_report(run_dir, cfg, device)
         tqdm.write(
             f"pasture: {footprint.gpu_hours:.4f} device-hours, {footprint.energy_mwh * 1000:.3f} "
             f"kWh, {footprint.tco2eq * 1000:.3f} kgCO2eq ({footprint.method}); "
