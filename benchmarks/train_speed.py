@@ -84,8 +84,10 @@ def main() -> None:
         ]
 
         # Same work on both sides: logits, then the same cross-entropy (not HF's loss path).
-        step_ours = make_step(ours, opt_ours, lambda x: ours(x), cfg.grad_clip)
-        step_theirs_plain = make_step(theirs, opt_theirs, lambda x: theirs(x).logits, cfg.grad_clip)
+        step_ours = make_step(ours, opt_ours, ours, cfg.grad_clip)
+        step_theirs_plain = make_step(
+            theirs, opt_theirs, lambda x, hf=theirs: hf(x).logits, cfg.grad_clip
+        )
         step_ours(batches[0]), step_theirs_plain(batches[0])  # warm-up
         speeds: dict[str, list[float]] = {"pasture": [], "hf": []}
         tokens_per_step = args.batch * args.seq_len
