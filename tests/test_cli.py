@@ -187,3 +187,9 @@ def test_tokenizer_commands(tmp_path: Path, shared_data: Path, capsys) -> None:
         "none.txt",
         "no such file",
     )
+
+
+def test_carbon_subcommand(capsys) -> None:
+    code, out, _ = _run(["carbon", "--gpu-hours", "82432", "--power", "400", "--json"], capsys)
+    assert code == 0 and round(json.loads(out)["tco2eq"]) == 14  # LLaMA-7B, Table 15
+    _assert_error(["carbon", "--gpu-hours", "-1", "--power", "400"], capsys, "GPU-hours -1.0")

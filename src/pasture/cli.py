@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import interop
+from .carbon import footprint as carbon
 from .data.corpus import default_corpus_files
 from .data.tokenizer import Tokenizer, train_tokenizer
 from .errors import PastureError
@@ -340,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "carbon",
         help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)",
-        add_help=False,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `pasture carbon --help`")
+    carbon.add_arguments(p)
+    p.set_defaults(func=carbon.run)
 
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")
@@ -352,11 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["carbon"]:  # its own argument parser (pasture.carbon has no CLI imports)
-        from .carbon.footprint import carbon_main
-
-        return carbon_main(argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:

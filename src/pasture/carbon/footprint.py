@@ -313,6 +313,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pasture carbon", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``pasture carbon`` (the CLI's subcommand table registers them)."""
     p.add_argument("--gpu-hours", type=float, help="GPU-hours of the run")
     p.add_argument("--power", type=float, help="watts per GPU (the paper: 400 for an A100-80GB)")
     p.add_argument("--pue", type=float, default=PUE, help=f"power usage effectiveness ({PUE})")
@@ -324,13 +330,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--table15", action="store_true", help="recompute the paper's Table 15")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    return p
 
 
 def carbon_main(argv: list[str]) -> int:
     """``pasture carbon …``: print energy and emissions; 2 and one error line on bad input."""
     try:
-        _run(_parser().parse_args(argv))
+        run(_parser().parse_args(argv))
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
     except PastureError as e:
@@ -339,7 +344,8 @@ def carbon_main(argv: list[str]) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
+    """Print what ``args`` (from ``add_arguments``) asks for; PastureError on bad values."""
     if args.table15:
         if args.gpu_hours is not None or args.power is not None:
             raise PastureError("--table15 takes no --gpu-hours/--power: pass one or the other")
