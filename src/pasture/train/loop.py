@@ -116,10 +116,15 @@ def validation_loss(
         inputs, targets = (t.to(device) for t in next(stream))
         logits = model(inputs)
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / batches
+    return mean_over_ranks(total)
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean of a scalar over all ranks (SUM then divide: gloo has no AVG)."""
     if dist.is_initialized():
-        dist.all_reduce(total)
-        total /= dist.get_world_size()
-    return total.item()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value.item()
 
 
 def write_carbon_report(run_dir: Path, cfg: TrainConfig, device: torch.device) -> Path:
@@ -249,13 +254,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
             (loss / accumulation).backward()
             loss_sum += loss.detach() / accumulation
         grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-        if dist.is_initialized():
-            dist.all_reduce(
-                loss_sum, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM
-            )
-            if device.type != "cuda":
-                loss_sum /= world  # gloo has no AVG
-        loss_value = loss_sum.item()
+        loss_value = mean_over_ranks(loss_sum)
         if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             if cfg.nan_policy == "stop":
