@@ -27,9 +27,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..config import build, to_dict
+from ..config import build, load_toml, to_dict
 from ..errors import PastureError
-from .document import Context, Document, StageStats, run_steps
+from .document import Context, Document, run_steps
 from .loader import LLAMA_MIXTURE
 from .shards import tokenize_documents
 from .sources import SOURCES
@@ -63,8 +63,6 @@ class ShardJob:
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> BuildConfig:
-    from ..config import load_toml
-
     cfg = build(BuildConfig, load_toml(path, list(overrides)), str(path))
     validate(cfg, str(path))
     return cfg
@@ -309,4 +307,4 @@ def build_dataset(
     return report
 
 
-__all__ = ["BuildConfig", "ShardJob", "StageStats", "build_dataset", "load_config", "plan"]
+__all__ = ["BuildConfig", "ShardJob", "build_dataset", "load_config", "plan"]
