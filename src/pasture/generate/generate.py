@@ -53,12 +53,13 @@ def generate_tokens(
     top_k: int = 0,
     seed: int | None = None,
     stop_ids: Sequence[int] = (),
-    on_token: Callable[[int, int], None] | None = None,
+    on_token: Callable[[int, int], bool | None] | None = None,
     sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (token ids), without the prompt and without the stop token.
 
-    ``on_token(row, token)`` is called as each new token is chosen (for streaming).
+    ``on_token(row, token)`` is called as each new token is chosen (for streaming); if it
+    returns True that row stops after this token (e.g. a stop string appeared in its text).
     ``sampler`` (logits (B, vocab) → tokens (B,)) replaces temperature/top-p/top-k/seed, e.g.
     ``Llama2cSampler`` to reproduce llama2.c's ``run.c``.
     """
@@ -78,6 +79,7 @@ def generate_tokens(
         tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         in_prompt[row, : len(prompt)] = True
     limit = torch.tensor([n + max_new_tokens for n in lengths], device=device)  # (B,)
+    ends = [n + max_new_tokens for n in lengths]  # where each row's output ends
     stop_set = set(stop_ids)
     stop = torch.tensor(sorted(stop_set), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -98,8 +100,8 @@ def generate_tokens(
             new = ~in_prompt[:, cur] & ~done
             if on_token is not None:
                 for row in new.nonzero().flatten().tolist():
-                    if int(chosen[row]) not in stop_set:
-                        on_token(row, int(chosen[row]))
+                    if int(chosen[row]) not in stop_set and on_token(row, int(chosen[row])):
+                        done[row], ends[row] = True, cur + 1
             done |= new & torch.isin(chosen, stop)
             done |= cur + 1 >= limit
             prev = cur
@@ -109,7 +111,7 @@ def generate_tokens(
         model.clear_cache()
     results = []
     for row, n in enumerate(lengths):
-        out = tokens[row, n : min(cur + 1, n + max_new_tokens)].tolist()
+        out = tokens[row, n : min(cur + 1, ends[row])].tolist()
         for i, token in enumerate(out):
             if token in stop_set:
                 out = out[:i]

@@ -87,10 +87,14 @@ def rotary_frequencies(head_dim: int, positions: torch.Tensor, theta: float) -> 
 
 
 def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x[2k], x[2k+1]) of each head: Meta's interleaved convention."""
+    """Rotate consecutive pairs (x[2k], x[2k+1]) of each head: Meta's interleaved convention.
+
+    ``freqs_cis`` is (T, D/2) shared by the batch, or (B, T, D/2) for per-row positions.
+    """
     B, T, H, D = x.shape
     pairs = torch.view_as_complex(x.float().reshape(B, T, H, D // 2, 2))  # (B, T, H, D/2)
-    rotated = torch.view_as_real(pairs * freqs_cis[None, :, None, :])  # (B, T, H, D/2, 2)
+    freqs = freqs_cis.view(-1, T, 1, D // 2)  # (1 or B, T, 1, D/2)
+    rotated = torch.view_as_real(pairs * freqs)  # (B, T, H, D/2, 2)
     return rotated.reshape(B, T, H, D).to(x.dtype)
 
 
@@ -143,7 +147,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        freqs_cis: torch.Tensor,
+        start_pos: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
@@ -153,7 +163,10 @@ class Attention(nn.Module):
         if self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
         gqa = self.n_kv_heads != self.n_heads
-        if k.shape[2] == T:
+        if mask is not None:
+            # Packed sequences: the caller says which keys each query sees, (B, 1, T, T).
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif k.shape[2] == T:
             # Fresh causal block: flash / memory-efficient kernels, no materialized mask.
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         elif T == 1:
@@ -187,8 +200,14 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos)
+    def forward(
+        self,
+        x: torch.Tensor,
+        freqs_cis: torch.Tensor,
+        start_pos: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -207,24 +226,46 @@ class Transformer(nn.Module):
         self.freqs_cis = torch.empty(0, device="meta")
 
     def forward(
-        self, tokens: torch.Tensor, start_pos: int = 0, last_only: bool = False
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        last_only: bool = False,
+        *,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for ``tokens`` (B, T) at positions start_pos..start_pos+T-1.
 
         With a KV cache set up (``setup_cache``) earlier positions come from the cache.
         ``last_only`` computes logits for the final position only, (B, 1, vocab).
+
+        Packed sequences (several continuations sharing one context, as evaluation scores
+        them) give each token's ``positions`` (B, T) and the attention ``mask`` (B, T, T),
+        True where query t may see key s; ``logits_at`` (B, K) picks the K positions whose
+        logits are computed, (B, K, vocab), so the vocabulary projection runs only there.
         """
         T = tokens.shape[1]
-        if start_pos + T > self.args.max_seq_len:
-            raise ValueError(
-                f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
-            )
-        freqs_cis = self.rotary(tokens.device)[start_pos : start_pos + T]
+        if positions is not None:
+            if mask is None or self.layers[0].attention.cache is not None:
+                raise ValueError("positions need a mask and no KV cache")
+            if int(positions.max()) >= self.args.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len")
+            freqs_cis = self.rotary(tokens.device)[positions]  # (B, T, head_dim / 2)
+            mask = mask[:, None]  # (B, 1, T, T): the same for every head
+        else:
+            if start_pos + T > self.args.max_seq_len:
+                raise ValueError(
+                    f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
+                )
+            freqs_cis = self.rotary(tokens.device)[start_pos : start_pos + T]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, freqs_cis, start_pos)
+            h = layer(h, freqs_cis, start_pos, mask)
         if last_only:
             h = h[:, -1:]
+        elif logits_at is not None:
+            h = torch.gather(h, 1, logits_at[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, K, dim)
         return self.output(self.norm(h)).float()
 
     def setup_cache(self, batch_size: int, max_seq_len: int | None = None) -> None:
