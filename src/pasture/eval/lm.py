@@ -1,0 +1,323 @@
+"""The narrow model contract every task is written against, implemented once on Pasture models.
+
+    >>> from pasture import load_model
+    >>> from pasture.eval import PastureLM
+    >>> lm = PastureLM(*load_model("stories260K.bin", tokenizer="tok512.model"), batch_size=16)
+    >>> lm.loglikelihood([("Once upon a time", " there was")])
+    [(-3.1..., True)]
+
+Three methods, as in lm-evaluation-harness: ``loglikelihood(context, continuation)``,
+``loglikelihood_rolling(text)`` and ``generate_until(context, stop, sampling)``.
+
+Log-likelihoods are scored in packed rows: a context followed by every continuation asked of
+it, each continuation attending to the context and to itself only and starting at the position
+right after the context. A multiple-choice item therefore costs one forward pass over its
+context instead of one per choice, and the vocabulary projection runs only where a
+continuation token is predicted. A padded key is never visible to a real query, and every row
+is computed at a padded length that depends on its own length only (rows are batched with
+rows of the same padded length), so the batch size does not change a result, not even in the
+last bit: matrix kernels round differently for different shapes.
+
+Tokenization follows lm-evaluation-harness: trailing spaces of the context move to the
+continuation, and the continuation's tokens are those of ``context + continuation`` after the
+context's own tokens, so a piece that straddles the boundary is scored where it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from ..generate import StreamDecoder, generate_tokens
+from ..generate.sampling import sample
+from ..model import Transformer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How ``generate_until`` picks tokens: greedy at temperature 0, else seeded sampling."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    context: str
+    stop: tuple[str, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+class LanguageModel(Protocol):
+    """What a task may ask of a model."""
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """For each (context, continuation): log P(continuation | context) and whether greedy
+        decoding from the context would produce exactly the continuation."""
+        ...
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        """log P(text) of each whole text (from BOS), in windows of the model's context."""
+        ...
+
+    def generate_until(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """The continuation of each context, cut before the first stop string."""
+        ...
+
+
+class TokenizerLike(Protocol):
+    bos_id: int
+    eos_id: int
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def padded(n: int, multiple: int = 16) -> int:
+    """The length a row of n tokens is computed at."""
+    return -(-n // multiple) * multiple
+
+
+@dataclass
+class _Row:
+    """One packed sequence: a context, then continuations each scored against the context."""
+
+    context: list[int]
+    continuations: list[tuple[int, list[int]]]  # (request index, continuation tokens)
+
+    def __len__(self) -> int:
+        return len(self.context) + sum(len(c) for _, c in self.continuations)
+
+
+class PastureLM:
+    """The contract on a Pasture ``Transformer`` and its SentencePiece tokenizer."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: TokenizerLike,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.batch_size = batch_size
+        self.max_length = min(max_length or model.args.max_seq_len, model.args.max_seq_len)
+        self.progress = progress
+        self.device = model.tok_embeddings.weight.device
+
+    # -- tokenization ---------------------------------------------------------------------
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context tokens (from BOS) and continuation tokens, split as lm-eval splits them."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        context_ids = self.tokenizer.encode(context, bos=True)
+        if not context:
+            return context_ids, self.tokenizer.encode(continuation)
+        whole = self.tokenizer.encode(context + continuation, bos=True)
+        return context_ids, whole[len(context_ids) :]
+
+    # -- log-likelihoods ------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        pairs = [self.encode_pair(c, x) for c, x in requests]
+        return self.loglikelihood_tokens(pairs)
+
+    def loglikelihood_tokens(
+        self, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[tuple[float, bool]]:
+        """The same from token ids: each context must start with BOS (or be truncated)."""
+        for i, (_, continuation) in enumerate(pairs):
+            if not continuation:
+                raise ValueError(f"request {i}: the continuation has no tokens")
+        rows = sorted(self._pack(pairs), key=len, reverse=True)
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        by_length: dict[int, list[_Row]] = {}
+        for row in rows:
+            by_length.setdefault(padded(len(row)), []).append(row)
+        bar = tqdm(total=len(pairs), desc="log-likelihoods", unit="req", disable=not self.progress)
+        for same_length in by_length.values():
+            for start in range(0, len(same_length), self.batch_size):
+                batch = same_length[start : start + self.batch_size]
+                for index, value in self._score_rows(batch):
+                    results[index] = value
+                bar.update(sum(len(r.continuations) for r in batch))
+        bar.close()
+        return results
+
+    def _pack(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[_Row]:
+        """Requests sharing a context share a row while the row fits in the context window."""
+        limit = self.max_length
+        rows: list[_Row] = []
+        open_rows: dict[tuple[int, ...], _Row] = {}
+        for index, (context, continuation) in enumerate(pairs):
+            if len(context) + len(continuation) > limit:
+                # Too long: keep the last ``limit`` tokens that predict the continuation,
+                # as lm-eval does (the context loses its start, BOS included).
+                whole = (context + continuation)[-(limit + 1) :]
+                rows.append(_Row(whole[: -len(continuation)], [(index, continuation)]))
+                continue
+            key = tuple(context)
+            row = open_rows.get(key)
+            if row is None or len(row) + len(continuation) > limit:
+                row = open_rows[key] = _Row(list(context), [])
+                rows.append(row)
+            row.continuations.append((index, continuation))
+        return rows
+
+    @torch.inference_mode()
+    def _score_rows(self, rows: list[_Row]) -> list[tuple[int, tuple[float, bool]]]:
+        B = len(rows)
+        T = min(padded(max(len(r) for r in rows)), self.model.args.max_seq_len)
+        tokens = torch.zeros((B, T), dtype=torch.long)
+        positions = torch.zeros((B, T), dtype=torch.long)
+        segment = torch.full((B, T), -1, dtype=torch.long)  # 0 context, j continuation j, -1 pad
+        wanted: list[list[int]] = []  # per row: the positions whose logits are needed
+        targets: list[list[int]] = []
+        for b, row in enumerate(rows):
+            n = len(row.context)
+            tokens[b, :n] = torch.tensor(row.context)
+            positions[b, :n] = torch.arange(n)
+            segment[b, :n] = 0
+            at, want = n, []
+            for j, (_, cont) in enumerate(row.continuations, start=1):
+                m = len(cont)
+                tokens[b, at : at + m] = torch.tensor(cont)
+                positions[b, at : at + m] = torch.arange(n, n + m)
+                segment[b, at : at + m] = j
+                # The first token is predicted from the context's last position, the others
+                # from the continuation's own previous token.
+                want += [n - 1, *range(at, at + m - 1)]
+                at += m
+            wanted.append(want)
+            targets.append([t for _, cont in row.continuations for t in cont])
+        causal = torch.ones((T, T), dtype=torch.bool).tril()
+        same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
+        sees_context = (segment[:, None, :] == 0) & (segment[:, :, None] >= 0)
+        mask = causal & (same | sees_context)  # a pad query sees only pads; never empty
+        K = padded(max(len(w) for w in wanted))
+        logits_at = torch.zeros((B, K), dtype=torch.long)
+        target = torch.zeros((B, K), dtype=torch.long)
+        for b in range(B):
+            logits_at[b, : len(wanted[b])] = torch.tensor(wanted[b])
+            target[b, : len(targets[b])] = torch.tensor(targets[b])
+        logits = self.model(
+            tokens.to(self.device),
+            positions=positions.to(self.device),
+            mask=mask.to(self.device),
+            logits_at=logits_at.to(self.device),
+        )  # (B, K, vocab)
+        logprobs = torch.log_softmax(logits, dim=-1).cpu()
+        target_lp = logprobs.gather(-1, target[:, :, None])[:, :, 0]  # (B, K)
+        greedy = logprobs.argmax(-1) == target  # (B, K)
+        out = []
+        for b, row in enumerate(rows):
+            at = 0
+            for index, cont in row.continuations:
+                m = len(cont)
+                score = float(target_lp[b, at : at + m].double().sum())
+                out.append((index, (score, bool(greedy[b, at : at + m].all()))))
+                at += m
+        return out
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        """Windows of ``max_length`` predictions; each window after the first is conditioned
+        on the ``max_length`` tokens before it is predicted (lm-eval's rolling windows with a
+        context of one token would condition on less; we use all the room there is)."""
+        pairs: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []
+        L = self.max_length
+        for i, text in enumerate(texts):
+            ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
+            for start in range(1, len(ids), L):
+                end = min(start + L, len(ids))
+                context_start = max(0, end - 1 - L)
+                pairs.append((ids[context_start:start], ids[start:end]))
+                owner.append(i)
+        totals = [0.0] * len(texts)
+        for i, (score, _) in zip(owner, self.loglikelihood_tokens(pairs), strict=True):
+            totals[i] += score
+        return totals
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate_until(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """Batched by sampling settings and prompt length; greedy rows are deterministic, and a
+        sampled row draws from a generator seeded by (its seed, position), whatever batch it
+        lands in."""
+        prompts = [self.tokenizer.encode(r.context, bos=True) for r in requests]
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (requests[i].sampling.max_new_tokens, -len(prompts[i])),
+        )
+        results = [""] * len(requests)
+        bar = tqdm(total=len(requests), desc="generate", unit="req", disable=not self.progress)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for i, text in zip(
+                chunk,
+                self._generate([requests[i] for i in chunk], [prompts[i] for i in chunk]),
+                strict=True,
+            ):
+                results[i] = text
+            bar.update(len(chunk))
+        bar.close()
+        return results
+
+    def _generate(self, requests: list[GenerationRequest], prompts: list[list[int]]) -> list[str]:
+        max_new = max(r.sampling.max_new_tokens for r in requests)
+        room = self.max_length - max_new
+        if room < 1:
+            raise ValueError(f"max_new_tokens {max_new} leaves no room in the context")
+        prompts = [p if len(p) <= room else p[-room:] for p in prompts]
+        decoders = [StreamDecoder(self.tokenizer, p) for p in prompts]
+        texts = [""] * len(requests)
+        produced = [0] * len(requests)
+
+        def on_token(row: int, token: int) -> bool:
+            texts[row] += decoders[row].push(token)
+            produced[row] += 1
+            if produced[row] >= requests[row].sampling.max_new_tokens:
+                return True
+            return any(s in texts[row] for s in requests[row].stop)
+
+        first = min(len(p) for p in prompts)
+        step = iter(range(first, 1 << 30))
+
+        def sampler(logits: torch.Tensor) -> torch.Tensor:
+            position = next(step)  # the position being chosen, the same for every row
+            out = torch.empty(len(requests), dtype=torch.long)
+            for row, request in enumerate(requests):
+                s = request.sampling
+                if s.temperature <= 0:
+                    out[row] = logits[row].argmax()
+                    continue
+                generator = torch.Generator(device=logits.device)
+                generator.manual_seed(s.seed * 1_000_003 + position)
+                out[row] = sample(
+                    logits[row : row + 1], s.temperature, s.top_p, s.top_k, generator
+                )[0]
+            return out
+
+        generate_tokens(
+            self.model,
+            prompts,
+            max_new,
+            stop_ids=(self.tokenizer.eos_id,),
+            on_token=on_token,
+            sampler=sampler,
+        )
+        outs = []
+        for request, text in zip(requests, texts, strict=True):
+            cut = min((text.find(s) for s in request.stop if s in text), default=len(text))
+            outs.append(text[:cut])
+        return outs
