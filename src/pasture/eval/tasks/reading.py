@@ -1,0 +1,5 @@
+"""(being written)"""
+
+from ..task import Task
+
+TASKS: list[Task] = []
