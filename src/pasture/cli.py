@@ -6,6 +6,7 @@
     pasture init debug model-dir --tokenizer tokenizer.model
     pasture generate --checkpoint out-hf --prompt "Once upon a time" --max-new-tokens 50
     pasture tokenizer train --out tokenizer.model --vocab-size 32000   # default corpus: stdlib
+    pasture eval --checkpoint out-hf --tasks paper --data-dir ../shared/data/eval --limit 20
     pasture demo
 
 User errors print one line, ``pasture: error: …``, and exit with status 2.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,11 @@ def _device(name: str | None) -> torch.device:
         return torch.device(name)
     except RuntimeError as e:
         raise PastureError(f"--device {name!r}: {e}") from None
+
+
+def _default_eval_dir() -> str | None:
+    root = os.environ.get("PASTURE_DATA")
+    return str(Path(root) / "eval") if root else None
 
 
 def _tokenizer_arg(path: str | None) -> Tokenizer | None:
@@ -232,6 +239,37 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .eval import EvalSettings, PastureLM
+    from .eval.run import evaluate
+
+    if args.data_dir is None:
+        raise PastureError("--data-dir is required (or set $PASTURE_DATA to the shared data)")
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise PastureError(f"--data-dir {data_dir}: not a directory")
+    ckpt = interop.load(args.checkpoint, tokenizer=args.tokenizer)
+    if ckpt.tokenizer is None:
+        raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
+    dtype = interop.DTYPES[args.dtype] if args.dtype else None
+    model = ckpt.to_model(device=_device(args.device), dtype=dtype)
+    settings = EvalSettings(
+        data_dir=data_dir,
+        shots=args.shots,
+        limit=args.limit,
+        seed=args.seed,
+        samples=args.samples,
+        batch_size=args.batch_size,
+    )
+    lm = PastureLM(model, ckpt.tokenizer, batch_size=args.batch_size)
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    outcome = evaluate(lm, args.tasks, settings, args.out, log=log)
+    print(f"results: {Path(args.out) / 'results.md'}", file=sys.stderr)
+    if outcome.errors:
+        failed = ", ".join(outcome.errors)
+        raise PastureError(f"{len(outcome.errors)} task(s) failed ({failed}); the others ran")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -344,6 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     carbon.add_arguments(p)
     p.set_defaults(func=carbon.run)
+
+    p = sub.add_parser("eval", help="the paper's benchmarks (Tables 3-12) on any checkpoint")
+    p.add_argument("--checkpoint", required=True, help="any format: Meta, HF, llama2.c, GGUF")
+    p.add_argument("--tokenizer", help="SentencePiece .model if the checkpoint carries none")
+    p.add_argument("--tasks", default="paper", help="comma-separated task names, or paper")
+    p.add_argument(
+        "--data-dir",
+        default=_default_eval_dir(),
+        help="benchmark files, one folder per task (default: $PASTURE_DATA/eval)",
+    )
+    p.add_argument("--out", default="eval-results", help="folder for JSON and results.md")
+    p.add_argument("--shots", type=int, help="few-shot examples (default: the paper's)")
+    p.add_argument("--limit", type=int, help="evaluate the first N items of each task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--samples", type=int, help="k for maj1@k / n for pass@k")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot draws and sampling")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=sorted(interop.DTYPES), help="cast weights (e.g. bf16)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")

@@ -1,0 +1,86 @@
+"""LLaMA's published scores (Touvron et al. 2023), to print beside an evaluated model's.
+
+Keyed by task, then by the metric name the task reports, then by model size. Percentages as
+printed in the paper's tables (toxicity scores as printed, 0–1). Only rows the paper prints
+for LLaMA are here; TruthfulQA's Table 14 is a GPT-judge generation score, not MC1/MC2, so it
+is not comparable with what Pasture computes and is left out.
+"""
+
+from __future__ import annotations
+
+SIZES = ("7B", "13B", "33B", "65B")
+
+
+def _row(*values: float) -> dict[str, float]:
+    return dict(zip(SIZES, values, strict=True))
+
+
+# Table 3: zero-shot common sense reasoning.
+COMMON_SENSE = {
+    "boolq": _row(76.5, 78.1, 83.1, 85.3),
+    "piqa": _row(79.8, 80.1, 82.3, 82.8),
+    "siqa": _row(48.9, 50.4, 50.4, 52.3),
+    "hellaswag": _row(76.1, 79.2, 82.8, 84.2),
+    "winogrande": _row(70.1, 73.0, 76.0, 77.0),
+    "arc_easy": _row(72.8, 74.8, 80.0, 78.9),
+    "arc_challenge": _row(47.6, 52.7, 57.8, 56.0),
+    "openbookqa": _row(57.2, 56.4, 58.6, 60.2),
+}
+
+# Tables 4 and 5: exact match by number of shots (NaturalQuestions; TriviaQA filtered dev).
+NATURAL_QUESTIONS = {
+    0: _row(16.8, 20.1, 24.9, 23.8),
+    1: _row(18.7, 23.4, 28.3, 31.0),
+    5: _row(22.0, 28.1, 32.9, 35.0),
+    64: _row(26.1, 31.9, 36.0, 39.9),
+}
+TRIVIAQA = {
+    0: _row(50.0, 56.6, 65.1, 68.2),
+    1: _row(53.4, 60.5, 67.9, 71.6),
+    5: _row(56.3, 63.1, 69.9, 72.6),
+    64: _row(57.6, 64.0, 70.4, 73.0),
+}
+
+# Table 6: zero-shot reading comprehension.
+RACE = {"race_middle": _row(61.1, 61.6, 64.1, 67.9), "race_high": _row(46.9, 47.2, 48.3, 51.6)}
+
+# Table 7: maj1@1 and maj1@k (k = 256 for MATH, 100 for GSM8K).
+MATH = {
+    "math": {"maj1@1": _row(2.9, 3.9, 7.1, 10.6), "maj1@k": _row(6.9, 8.8, 15.2, 20.5)},
+    "gsm8k": {"maj1@1": _row(11.0, 17.8, 35.6, 50.9), "maj1@k": _row(18.1, 29.3, 53.1, 69.7)},
+}
+
+# Table 8: pass@1 and pass@k (k = 100 for HumanEval, 80 for MBPP).
+CODE = {
+    "humaneval": {"pass@1": _row(10.5, 15.8, 21.7, 23.7), "pass@k": _row(36.5, 52.5, 70.7, 79.3)},
+    "mbpp": {"pass@1": _row(17.7, 22.0, 30.2, 37.7), "pass@k": _row(56.2, 64.0, 73.4, 76.8)},
+}
+
+# Table 9: MMLU five-shot, by category.
+MMLU = {
+    "humanities": _row(34.0, 45.0, 55.8, 61.8),
+    "stem": _row(30.5, 35.8, 46.0, 51.7),
+    "social_sciences": _row(38.3, 53.8, 66.7, 72.9),
+    "other": _row(38.1, 53.3, 63.4, 67.4),
+    "average": _row(35.1, 46.9, 57.8, 63.4),
+}
+
+# Table 11: RealToxicityPrompts, mean toxicity of greedy continuations (Perspective API).
+TOXICITY = {
+    "basic": _row(0.106, 0.104, 0.107, 0.128),
+    "respectful": _row(0.081, 0.095, 0.087, 0.141),
+}
+
+# Table 12: CrowS-Pairs, % of pairs where LLaMA-65B prefers the stereotype (65B only).
+CROWS_PAIRS_65B = {
+    "gender": 70.6,
+    "religion": 79.0,
+    "race-color": 57.0,
+    "sexual-orientation": 81.0,
+    "age": 70.1,
+    "nationality": 64.2,
+    "disability": 66.7,
+    "physical-appearance": 77.8,
+    "socioeconomic": 71.5,
+    "average": 66.6,
+}

@@ -1,0 +1,323 @@
+"""Run tasks, write per-task JSON and the paper-style tables, keep going past a broken task.
+
+    >>> from pasture.eval.run import evaluate
+    >>> outcome = evaluate(lm, ["arc_easy", "piqa"], EvalSettings(data_dir=Path("eval")), "out")
+
+Writes ``out/<task>.json`` (per-item records, aggregate, bootstrap standard error),
+``out/results.jsonl`` (one line per task) and ``out/results.md`` (Tables 3–12 laid out like
+the paper, LLaMA's published numbers beside this model's). Every file is written to a temporary
+name, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PastureError
+from . import paper
+from .lm import LanguageModel
+from .task import EvalSettings, Task, TaskResult
+from .tasks import PAPER, TASKS
+
+
+@dataclass
+class Outcome:
+    """Results by task, and one line per task that could not run (missing file, bad record)."""
+
+    results: dict[str, TaskResult] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # --tasks paper: data not present
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """Task names from "paper", a comma-separated list or a sequence: (known, unknown)."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    known: list[str] = []
+    unknown: list[str] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if name == "paper":
+            known += [n for n in PAPER if n not in known]
+        elif name in TASKS:
+            known += [name] if name not in known else []
+        else:
+            unknown.append(name)
+    return known, unknown
+
+
+def missing_files(task: Task, settings: EvalSettings) -> list[str]:
+    return [f for f in task.files if not (settings.data_dir / f).exists()]
+
+
+def evaluate(
+    lm: LanguageModel,
+    tasks: str | Sequence[str],
+    settings: EvalSettings,
+    out_dir: str | Path | None = None,
+    log=print,
+) -> Outcome:
+    """Run each task; a task that fails is reported and the others still run.
+
+    With "paper" in ``tasks``, a paper task whose data files are absent is skipped (and listed);
+    a task named explicitly whose files are absent is an error.
+    """
+    names, unknown = resolve_tasks(tasks)
+    explicit = set(tasks.split(",") if isinstance(tasks, str) else tasks)
+    outcome = Outcome()
+    for name in unknown:
+        outcome.errors[name] = f"unknown task {name!r} (known: paper, {', '.join(TASKS)})"
+        log(f"pasture eval: {name}: {outcome.errors[name]}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        task = TASKS[name]
+        missing = missing_files(task, settings)
+        if missing:
+            message = ", ".join(str(settings.data_dir / m) for m in missing) + ": missing"
+            if name in explicit:
+                outcome.errors[name] = message
+                log(f"pasture eval: {name}: {message}")
+            else:
+                outcome.skipped[name] = message
+                log(f"pasture eval: {name}: skipped, {message}")
+            continue
+        started = time.perf_counter()
+        try:
+            result = task.run(lm, settings)
+        except PastureError as e:
+            outcome.errors[name] = str(e)
+            log(f"pasture eval: {name}: {e}")
+            continue
+        result.metrics.setdefault("seconds", round(time.perf_counter() - started, 3))
+        outcome.results[name] = result
+        log(f"pasture eval: {name}: {result.main} = {result.metrics[result.main]:.4f}")
+        if out is not None:
+            write_json(out / f"{name}.json", result.to_dict())
+    if out is not None:
+        write_summary(out, outcome)
+    return outcome
+
+
+def write_json(path: Path, data: object) -> None:
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=float) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_summary(out: Path, outcome: Outcome) -> None:
+    lines = []
+    for result in outcome.results.values():
+        summary = result.to_dict()
+        summary.pop("records")
+        lines.append(json.dumps({**summary, "status": "ok"}, default=float))
+    for name, message in outcome.errors.items():
+        lines.append(json.dumps({"task": name, "status": "error", "error": message}))
+    for name, message in outcome.skipped.items():
+        lines.append(json.dumps({"task": name, "status": "skipped", "reason": message}))
+    write_text(out / "results.jsonl", "\n".join(lines) + "\n")
+    write_text(out / "results.md", to_markdown(outcome))
+
+
+# -- the paper's tables -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    task: str
+    metric: str | None  # None: the task's headline metric
+    paper: dict[str, float] | None
+    percent: bool = True
+
+
+def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
+    def shots(task: str) -> int:
+        return results[task].shots if task in results else 0
+
+    def sampled(task: str, prefix: str) -> str | None:
+        """The metric named ``prefix@k`` with the largest k the task reported, if any."""
+        if task not in results:
+            return None
+        keys = [k for k in results[task].metrics if k.startswith(prefix + "@") and k[-1].isdigit()]
+        keys = [k for k in keys if k != f"{prefix}@1"]
+        return max(keys, key=lambda k: int(k.split("@")[1]), default=None)
+
+    nq, tq = shots("naturalquestions"), shots("triviaqa")
+    tables = [
+        (
+            "Table 3: common sense reasoning, zero-shot",
+            [
+                Column(h, t, None, paper.COMMON_SENSE[t])
+                for h, t in [
+                    ("BoolQ", "boolq"),
+                    ("PIQA", "piqa"),
+                    ("SIQA", "siqa"),
+                    ("HellaSwag", "hellaswag"),
+                    ("WinoGrande", "winogrande"),
+                    ("ARC-e", "arc_easy"),
+                    ("ARC-c", "arc_challenge"),
+                    ("OBQA", "openbookqa"),
+                ]
+            ],
+        ),
+        (
+            "Tables 4–5: closed-book question answering, exact match",
+            [
+                Column(
+                    f"NaturalQuestions {nq}-shot",
+                    "naturalquestions",
+                    None,
+                    paper.NATURAL_QUESTIONS.get(nq),
+                ),
+                Column(f"TriviaQA {tq}-shot", "triviaqa", None, paper.TRIVIAQA.get(tq)),
+            ],
+        ),
+        (
+            "Table 6: reading comprehension, zero-shot",
+            [
+                Column("RACE-middle", "race_middle", None, paper.RACE["race_middle"]),
+                Column("RACE-high", "race_high", None, paper.RACE["race_high"]),
+            ],
+        ),
+        (
+            "Table 7: quantitative reasoning (paper's k: 256 MATH, 100 GSM8K)",
+            [
+                Column("MATH", "math", "maj1@1", paper.MATH["math"]["maj1@1"]),
+                Column(
+                    f"MATH {sampled('math', 'maj1')}",
+                    "math",
+                    sampled("math", "maj1"),
+                    paper.MATH["math"]["maj1@k"],
+                ),
+                Column("GSM8k", "gsm8k", "maj1@1", paper.MATH["gsm8k"]["maj1@1"]),
+                Column(
+                    f"GSM8k {sampled('gsm8k', 'maj1')}",
+                    "gsm8k",
+                    sampled("gsm8k", "maj1"),
+                    paper.MATH["gsm8k"]["maj1@k"],
+                ),
+            ],
+        ),
+        (
+            "Table 8: code generation (paper's k: 100 HumanEval, 80 MBPP)",
+            [
+                Column(
+                    "HumanEval pass@1", "humaneval", "pass@1", paper.CODE["humaneval"]["pass@1"]
+                ),
+                Column(
+                    f"HumanEval {sampled('humaneval', 'pass')}",
+                    "humaneval",
+                    sampled("humaneval", "pass"),
+                    paper.CODE["humaneval"]["pass@k"],
+                ),
+                Column("MBPP pass@1", "mbpp", "pass@1", paper.CODE["mbpp"]["pass@1"]),
+                Column(
+                    f"MBPP {sampled('mbpp', 'pass')}",
+                    "mbpp",
+                    sampled("mbpp", "pass"),
+                    paper.CODE["mbpp"]["pass@k"],
+                ),
+            ],
+        ),
+        (
+            "Table 9: MMLU, five-shot",
+            [
+                Column(h, "mmlu", m, paper.MMLU[m])
+                for h, m in [
+                    ("Humanities", "humanities"),
+                    ("STEM", "stem"),
+                    ("Social Sciences", "social_sciences"),
+                    ("Other", "other"),
+                    ("Average", "average"),
+                ]
+            ],
+        ),
+        (
+            "Table 11: RealToxicityPrompts, mean toxicity",
+            [
+                Column("Basic", "realtoxicityprompts", "basic", paper.TOXICITY["basic"], False),
+                Column(
+                    "Respectful",
+                    "realtoxicityprompts",
+                    "respectful",
+                    paper.TOXICITY["respectful"],
+                    False,
+                ),
+            ],
+        ),
+        (
+            "Table 12: CrowS-Pairs, % preferring the stereotype (paper: 65B only)",
+            [
+                Column(k.replace("-", " ").capitalize(), "crows_pairs", k, {"65B": v})
+                for k, v in paper.CROWS_PAIRS_65B.items()
+            ],
+        ),
+    ]
+    covered = {c.task for _, columns in tables for c in columns}
+    others = [t for t in results if t not in covered]
+    if others:
+        tables.append(
+            (
+                "Other tasks (no comparable LLaMA number in the paper)",
+                [Column(t, t, None, None) for t in others],
+            )
+        )
+    return tables
+
+
+def _cell(result: TaskResult | None, column: Column) -> str:
+    if result is None or (column.metric is not None and column.metric not in result.metrics):
+        return "–"
+    metric = column.metric or result.main
+    value = result.metrics[metric]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    scale = 100.0 if column.percent else 1.0
+    text = f"{value * scale:.1f}" if column.percent else f"{value:.3f}"
+    err = result.stderr.get(metric)
+    if err is not None and not math.isnan(err):
+        text += f" ± {err * scale:.1f}" if column.percent else f" ± {err:.3f}"
+    return text
+
+
+def to_markdown(outcome: Outcome, model_name: str = "this model") -> str:
+    results = outcome.results
+    parts = ["# Evaluation results\n"]
+    for title, columns in _tables(results):
+        if not any(c.task in results for c in columns):
+            continue
+        n = {c.task: len(results[c.task].records) for c in columns if c.task in results}
+        parts.append(f"## {title}\n")
+        parts.append("| model | " + " | ".join(c.header for c in columns) + " |")
+        parts.append("|---|" + "---:|" * len(columns))
+        for size in paper.SIZES:
+            if not any(c.paper and size in c.paper for c in columns):
+                continue
+            cells = []
+            for c in columns:
+                v = (c.paper or {}).get(size)
+                cells.append("–" if v is None else (f"{v:.1f}" if c.percent else f"{v:.3f}"))
+            parts.append(f"| LLaMA {size} (paper) | " + " | ".join(cells) + " |")
+        cells = [_cell(results.get(c.task), c) for c in columns]
+        counts = ", ".join(f"{t} n={k}" for t, k in n.items())
+        parts.append(f"| {model_name} | " + " | ".join(cells) + " |")
+        parts.append(f"\n{counts}\n")
+    if outcome.errors or outcome.skipped:
+        parts.append("## Not evaluated\n")
+        for name, message in {**outcome.errors, **outcome.skipped}.items():
+            parts.append(f"- `{name}`: {message}")
+        parts.append("")
+    parts.append("± is the bootstrap standard error (1,000 resamples).\n")
+    return "\n".join(parts)
