@@ -14,7 +14,8 @@ ALLOWED = {
     "generate": {"model"},
     "carbon": set(),
     "parallel": {"model"},
-    "train": {"model", "data", "parallel", "carbon"},
+    "train": {"model", "data", "parallel", "carbon", "eval"},
+    "eval": {"model", "generate"},
 }
 
 
