@@ -1,0 +1,511 @@
+"""Run untrusted Python programs (a prompt + a model's completion + the benchmark's tests) in a
+sandbox: one fresh process per program, killed at its limits, cleaned up afterwards.
+
+    >>> from pasture.eval.sandbox import run_program, run_programs, Limits
+    >>> run_program("assert sorted([2, 1]) == [1, 2]").status
+    'passed'
+    >>> [r.status for r in run_programs(["assert False", "while True: pass"], Limits(timeout_s=2))]
+    ['failed', 'timeout']
+
+A program passes when it exits with status 0. Each runs as ``python -I -S program.py`` (isolated
+mode: no PYTHON* variables, no user or site packages, so it sees the standard library only) with
+stdin and stdout on /dev/null, stderr in a size-limited file, and an environment of PATH, HOME,
+LANG and TMPDIR only. The process is started by this same file run as a script (the
+"trampoline"), which puts the limits in place and then replaces itself with the program.
+
+How each threat is contained when the harness runs as root (a GPU box, a container):
+
+* Other users' files, processes and privileges: the program runs under its own uid and gid
+  (``UID_BASE`` + a slot), no supplementary groups, no capabilities, ``no_new_privs`` (setuid
+  binaries give nothing). Each concurrent program has its own uid; a slot is reserved with a
+  file lock, so two harnesses on one machine never share one.
+* Writes: a new mount namespace (private propagation) in which every mount is remounted
+  read-only and nosuid; the working directory is a fresh size-limited tmpfs on ``/tmp`` owned by
+  the sandbox uid, which vanishes with the namespace; ``/dev/shm`` and ``/run`` are replaced by
+  small private tmpfs (host sockets under ``/run`` are out of sight). The host's copy of every
+  mount is untouched. A directory the sandbox uid cannot traverse on the way to the Python
+  installation (e.g. pyenv under a 0700 ``/root``) is masked by an empty tmpfs into which only
+  the installation is bind-mounted, read-only.
+* Network: a new network namespace, which has only a loopback that is down, so nothing can be
+  reached, not even 127.0.0.1 of the host. New IPC and UTS namespaces (SysV shared memory cannot
+  outlive the program).
+* Processes: RLIMIT_NPROC (enforced because the uid is not 0, and counted for this sample's
+  uid alone). After the program ends or times out its process group is killed, and then every
+  process of its uid (``kill(-1, SIGKILL)`` sent as that uid), so a child that escaped with
+  setsid() or a daemon dies too.
+* Time: RLIMIT_CPU (SIGXCPU, then SIGKILL one second later) and a wall-clock limit.
+* Memory: RLIMIT_AS per process (so at most ``max_processes`` × ``memory_bytes`` in all);
+  file size: RLIMIT_FSIZE; core dumps off; open files: RLIMIT_NOFILE.
+
+Not root: the same rlimits (RLIMIT_NPROC then counts every process of the user, so the limit is
+set to what the user already runs plus ``max_processes``); a user namespace brings the network,
+IPC and mount namespaces and the read-only view where the kernel allows unprivileged user
+namespaces; else network access is refused by an audit hook (``sys.addaudithook``: a program
+can get around it with ctypes) and the working directory is a host temporary directory. Only
+the process group is killed at the end. Every result lists the layers that held (``layers``).
+
+Not contained anywhere: reading world-readable files, the process list in /proc (no PID
+namespace), and CPU time shared with the host (there is no cgroup).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+UID_BASE = 1_950_000_000  # far above any login uid; UID_SLOTS uids from here are the sandbox's
+UID_SLOTS = 1024
+STATUSES = ("passed", "failed", "timeout", "memory", "error")
+MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory")
+PROGRAM = "program.py"
+# The interpreter the programs run on: the base installation, not a virtualenv (-S ignores it).
+PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 10.0  # wall clock
+    cpu_s: float | None = None  # CPU seconds; None: timeout_s
+    memory_bytes: int = 1 << 30  # address space of each process
+    max_processes: int = 4  # processes and threads, the program's own included
+    file_bytes: int = 16 << 20  # largest file written (stderr included)
+    disk_bytes: int = 64 << 20  # the working directory's tmpfs
+    open_files: int = 256
+    stderr_chars: int = 2000  # how much of stderr's tail a result keeps
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    status: str  # one of STATUSES
+    stderr: str  # the tail of the program's stderr, or why the sandbox could not start it
+    returncode: int | None
+    elapsed_s: float
+    layers: tuple[str, ...] = ()  # the containment that held for this run
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
+    """Run one program in a fresh sandboxed process and classify how it ended."""
+    limits = limits or Limits()
+    start = time.monotonic()
+    temporary = tempfile.TemporaryDirectory(prefix="pasture-sandbox-", ignore_cleanup_errors=True)
+    with temporary as tmp, _uid_slot() as uid:  # leftover processes die before files go
+        host = Path(tmp)
+        (host / PROGRAM).write_text(program, encoding="utf-8", errors="replace")
+        workdir = host / "work"  # used only where no private tmpfs can be mounted
+        workdir.mkdir()
+        if uid is not None:
+            os.chmod(host, 0o711)
+            os.chown(workdir, uid, uid)
+        config = {
+            "program": str(host / PROGRAM),
+            "workdir": str(workdir),
+            "uid": uid,
+            "limits": asdict(limits),
+            "reveal": sorted({sys.base_prefix, sys.base_exec_prefix, os.path.dirname(PYTHON)}),
+        }
+        status_read, status_write = os.pipe()
+        config["status_fd"] = status_write
+        killed = False
+        with open(host / "stderr.txt", "wb") as stderr:
+            try:
+                process = subprocess.Popen(
+                    [PYTHON, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env=_environment(str(workdir)),
+                    cwd=host,
+                    start_new_session=True,
+                    pass_fds=(status_write,),
+                )
+            finally:
+                os.close(status_write)
+            try:
+                returncode = process.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                killed = True
+                _kill_group(process.pid)
+                returncode = process.wait()
+        _kill_group(process.pid)
+        message = _read_all(status_read)
+        tail = _tail(host / "stderr.txt", limits.stderr_chars)
+    elapsed = time.monotonic() - start
+    layers: tuple[str, ...] = ()
+    for line in message.splitlines():
+        if line.startswith("layers "):
+            layers = tuple(line.split()[1].split(","))
+        elif line.startswith("error "):
+            return SandboxResult("error", line[len("error ") :], returncode, elapsed, layers)
+    status = _classify(returncode, killed, elapsed, tail, limits)
+    return SandboxResult(status, tail, returncode, elapsed, layers)
+
+
+def run_programs(
+    programs: Sequence[str], limits: Limits | None = None, workers: int | None = None
+) -> list[SandboxResult]:
+    """Run many programs, at most ``workers`` at a time (default: one per CPU), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda p: run_program(p, limits), programs))
+
+
+def containment() -> tuple[str, ...]:
+    """The layers that hold on this machine, measured by running an empty program."""
+    result = run_program("pass", Limits(timeout_s=30))
+    if result.status == "error":
+        raise RuntimeError(f"the sandbox cannot start a program here: {result.stderr}")
+    return result.layers
+
+
+def _classify(returncode: int, killed: bool, elapsed: float, stderr: str, limits: Limits) -> str:
+    if killed or returncode == -signal.SIGXCPU:
+        return "timeout"
+    if returncode == 0:
+        return "passed"
+    if any(marker in stderr for marker in MEMORY_MARKERS):
+        return "memory"
+    if returncode == -signal.SIGKILL and elapsed >= (limits.cpu_s or limits.timeout_s):
+        return "timeout"  # the hard CPU limit
+    return "failed"
+
+
+def _environment(workdir: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    with os.fdopen(fd, "rb") as f:
+        chunks.append(f.read())
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _tail(path: Path, chars: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4 * chars))
+        return f.read().decode("utf-8", "replace")[-chars:]
+
+
+def _kill_group(pid: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# -- per-sample uids (root) -----------------------------------------------------------------
+
+
+@contextmanager
+def _uid_slot() -> Iterator[int | None]:
+    """A uid no other sample, here or in another harness on this machine, is using; None when
+    not root. Every process left under it is killed before and after the sample."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    import fcntl
+    import pwd
+
+    locks = Path(tempfile.gettempdir()) / "pasture-sandbox-uids"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(locks)
+    if info.st_uid != 0 or not os.path.isdir(locks) or os.path.islink(locks):
+        raise RuntimeError(f"{locks}: must be a directory owned by root")
+    for uid in range(UID_BASE, UID_BASE + UID_SLOTS):
+        try:
+            pwd.getpwuid(uid)
+            continue  # a real account: never ours
+        except KeyError:
+            pass
+        fd = os.open(locks / str(uid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        running, zombies = tasks_of(uid)
+        if running or zombies:  # left by a killed harness, or orphans init has yet to reap
+            _kill_user(uid)
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            _kill_user(uid)
+            os.close(fd)
+        return
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uids from {UID_BASE} are in use")
+
+
+def tasks_of(uid: int) -> tuple[int, int]:
+    """Threads of real uid ``uid``: (running, zombies). RLIMIT_NPROC counts both: a zombie
+    holds its slot until its parent (or init, for an orphan) reaps it."""
+    running = zombies = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                lines = f.read().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        fields = dict(line.split(b":", 1) for line in lines if b":" in line)
+        if int(fields[b"Uid"].split()[0]) != uid:
+            continue
+        if fields[b"State"].split()[:1] == [b"Z"]:
+            zombies += 1
+        else:
+            running += int(fields[b"Threads"])
+    return running, zombies
+
+
+def _kill_user(uid: int) -> None:
+    """SIGKILL every process of ``uid``, sent as that uid: kill(-1) reaches exactly its own
+    processes, all at once, so a fork bomb cannot outrun it. (Their zombies wait for init; a
+    slot is not reused until they are gone.)"""
+    for _ in range(100):
+        if not tasks_of(uid)[0]:
+            return
+        subprocess.run(
+            [PYTHON, "-I", "-S", os.path.abspath(__file__), "--kill-uid", str(uid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={},
+            cwd="/",
+            check=False,
+        )
+    raise RuntimeError(f"processes of sandbox uid {uid} survive SIGKILL")
+
+
+# -- the trampoline: runs as a script in the new process, then becomes the program ----------
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+NETWORK_GUARD = """\
+import sys
+def _no_network(event, args):
+    if event.startswith("socket."):
+        raise PermissionError("network access is disabled in the sandbox")
+sys.addaudithook(_no_network)
+del _no_network
+import runpy
+runpy.run_path("program.py", run_name="__main__")
+"""
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_char_p,
+    ]
+    return libc
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(
+    libc, source: str | None, target: str, fstype: str | None, flags: int, data: str = ""
+) -> None:
+    encode = lambda s: s.encode() if s is not None else None  # noqa: E731
+    result = libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data))
+    _check(result, f"mount {target}")
+
+
+def _mount_points() -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            points.append(point.encode().decode("unicode_escape"))  # \040 is a space
+    return sorted(set(points), key=lambda p: p.count("/"))
+
+
+def _read_only_view(libc, uid: int | None, limits: dict, reveal: list[str]) -> bool:
+    """In this process's own mount namespace: a private tmpfs on /tmp (the working directory),
+    every other mount read-only and nosuid, /dev/shm and /run masked. True when / itself could
+    be made read-only (as root it always can; as a user it depends on the kernel)."""
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    existing = _mount_points()
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    workdir = f"size={limits['disk_bytes']},mode=0700{owner}"
+    masks = [("/tmp", workdir), ("/dev/shm", "mode=1777,size=1m"), ("/run", "mode=0755,size=64k")]
+    masks = [(t, o) for t, o in masks if os.path.isdir(t) and not os.path.islink(t)]
+    for target, options in masks:
+        _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    read_only = False
+    for point in existing:
+        if any(point == t or point.startswith(t + "/") for t, _ in masks):
+            continue  # covered: remounting the path would reach our tmpfs instead
+        try:
+            kept = os.statvfs(point).f_flag & (MS_NODEV | MS_NOEXEC)
+            _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
+            read_only |= point == "/"
+        except OSError:
+            pass  # e.g. a mount hidden under another one
+    _reveal(libc, reveal)
+    return read_only
+
+
+def _reveal(libc, paths: list[str]) -> None:
+    """Make each path reachable by anyone: the highest directory on its way that others cannot
+    traverse is covered by an empty tmpfs holding a read-only bind of the path alone."""
+    import stat
+
+    covered: set[str] = set()
+    for path in paths:
+        parts = Path(path).parts
+        for i in range(2, len(parts) + 1):
+            ancestor = str(Path(*parts[:i]))
+            if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                break
+        else:
+            continue
+        held = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        if ancestor not in covered:
+            _mount(libc, "tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+            covered.add(ancestor)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(libc, f"/proc/self/fd/{held}", path, None, MS_BIND | MS_REC)
+        _mount(libc, None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+        os.close(held)
+    for ancestor in covered:
+        _mount(libc, None, ancestor, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _set_limits(limits: dict, uid: int | None) -> None:
+    import math
+    import resource
+
+    cpu = math.ceil(limits["cpu_s"] or limits["timeout_s"])
+    processes = limits["max_processes"]
+    if uid is None:  # RLIMIT_NPROC counts every process of this user, ours included
+        processes += sum(tasks_of(os.getuid()))
+    for name, value in [
+        ("RLIMIT_CPU", (cpu, cpu + 1)),
+        ("RLIMIT_AS", (limits["memory_bytes"],) * 2),
+        ("RLIMIT_FSIZE", (limits["file_bytes"],) * 2),
+        ("RLIMIT_NOFILE", (limits["open_files"],) * 2),
+        ("RLIMIT_CORE", (0, 0)),
+        ("RLIMIT_NPROC", (processes,) * 2),
+    ]:
+        resource.setrlimit(getattr(resource, name), value)
+
+
+def _enter(config: dict) -> tuple[list[str], list[str], str]:
+    """Contain this process; returns the layers that hold, the argv to exec and the workdir."""
+    libc = _libc()
+    os.umask(0o022)
+    program = Path(config["program"]).read_bytes()  # before /tmp is covered
+    uid: int | None = config["uid"]
+    layers: list[str] = []
+    spaces = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    if uid is not None:
+        _check(libc.unshare(spaces), "unshare")
+        namespaces = True
+    else:
+        own_uid, own_gid = os.getuid(), os.getgid()
+        namespaces = libc.unshare(CLONE_NEWUSER | spaces) == 0
+        if namespaces:
+            layers.append("user-namespace")
+            with suppress(OSError):  # keep our ids inside it, where the kernel lets us
+                for name, text in [
+                    ("setgroups", "deny"),
+                    ("uid_map", f"{own_uid} {own_uid} 1"),
+                    ("gid_map", f"{own_gid} {own_gid} 1"),
+                ]:
+                    Path(f"/proc/self/{name}").write_text(text)
+    workdir = config["workdir"]
+    if namespaces:
+        layers += ["network-namespace", "ipc-namespace"]
+        try:
+            read_only = _read_only_view(libc, uid, config["limits"], config["reveal"])
+            workdir = "/tmp"
+            layers.append("private-tmpfs")
+            if read_only:
+                layers.append("read-only-filesystem")
+            elif uid is not None:
+                raise OSError("could not remount / read-only")
+        except OSError:
+            if uid is not None:
+                raise
+    (Path(workdir) / PROGRAM).write_bytes(program)
+    os.chdir(workdir)
+    _set_limits(config["limits"], uid)
+    layers.append("rlimits")
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        layers.append("own-uid")
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
+    layers.append("no-new-privs")
+    if namespaces:
+        argv = [PYTHON, "-I", "-S", PROGRAM]
+    else:
+        argv = [PYTHON, "-I", "-S", "-c", NETWORK_GUARD]
+        layers.append("network-audit-hook")
+    return layers, argv, workdir
+
+
+def _trampoline(config: dict) -> None:
+    status = config["status_fd"]
+    os.set_inheritable(status, False)  # closed by exec: the parent then reads EOF
+    try:
+        layers, argv, workdir = _enter(config)
+        os.write(status, f"layers {','.join(layers)}\n".encode())
+        os.execve(argv[0], argv, {**os.environ, "HOME": workdir, "TMPDIR": workdir})
+    except Exception as e:  # noqa: BLE001 - any failure here is the sandbox's, not the program's
+        os.write(status, f"error {type(e).__name__}: {e}\n".encode())
+        os._exit(125)
+
+
+def _kill_own_processes(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    with suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--kill-uid":
+        _kill_own_processes(int(sys.argv[2]))
+    else:
+        _trampoline(json.loads(sys.argv[1]))
