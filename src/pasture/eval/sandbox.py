@@ -37,15 +37,21 @@ How each threat is contained when the harness runs as root (a GPU box, a contain
 * Memory: RLIMIT_AS per process (so at most ``max_processes`` × ``memory_bytes`` in all);
   file size: RLIMIT_FSIZE; core dumps off; open files: RLIMIT_NOFILE.
 
+Root without CAP_SYS_ADMIN (Docker's default profile): no namespaces, so the program sees the
+host's filesystem with its own uid's rights (it can write world-writable places such as /tmp,
+and what it leaves there stays) and works in a host temporary directory; network access is
+refused by an audit hook (below). The uid, the rlimits and the kill by uid hold as above.
+
 Not root: the same rlimits (RLIMIT_NPROC then counts every process of the user, so the limit is
 set to what the user already runs plus ``max_processes``); a user namespace brings the network,
 IPC and mount namespaces and the read-only view where the kernel allows unprivileged user
 namespaces; else network access is refused by an audit hook (``sys.addaudithook``: a program
 can get around it with ctypes) and the working directory is a host temporary directory. Only
-the process group is killed at the end. Every result lists the layers that held (``layers``).
+the process group is killed at the end, so a child that called setsid() survives.
 
+Every result lists the layers that held (``layers``); ``containment()`` measures them once.
 Not contained anywhere: reading world-readable files, the process list in /proc (no PID
-namespace), and CPU time shared with the host (there is no cgroup).
+namespace), and CPU time and total memory shared with the host (there is no cgroup).
 """
 
 from __future__ import annotations
@@ -131,6 +137,9 @@ def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
                     start_new_session=True,
                     pass_fds=(status_write,),
                 )
+            except OSError as e:  # e.g. no process slot left on the host
+                os.close(status_read)
+                return SandboxResult("error", f"cannot start: {e}", None, 0.0)
             finally:
                 os.close(status_write)
             try:
@@ -357,30 +366,35 @@ def _mount_points() -> list[str]:
     return sorted(set(points), key=lambda p: p.count("/"))
 
 
-def _read_only_view(libc, uid: int | None, limits: dict, reveal: list[str]) -> bool:
+def _read_only_view(libc, uid: int | None, limits: dict, reveal: list[str]) -> list[str]:
     """In this process's own mount namespace: a private tmpfs on /tmp (the working directory),
-    every other mount read-only and nosuid, /dev/shm and /run masked. True when / itself could
-    be made read-only (as root it always can; as a user it depends on the kernel)."""
+    every other mount read-only and nosuid, /dev/shm and /run masked. Raises only while nothing
+    has changed yet; returns the layers that held."""
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     existing = _mount_points()
     owner = f",uid={uid},gid={uid}" if uid is not None else ""
     workdir = f"size={limits['disk_bytes']},mode=0700{owner}"
-    masks = [("/tmp", workdir), ("/dev/shm", "mode=1777,size=1m"), ("/run", "mode=0755,size=64k")]
-    masks = [(t, o) for t, o in masks if os.path.isdir(t) and not os.path.islink(t)]
-    for target, options in masks:
-        _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
-    read_only = False
+    _mount(libc, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, workdir)
+    layers = ["private-tmpfs"]
+    masked = ["/tmp"]
+    for target, options in [("/dev/shm", "mode=1777,size=1m"), ("/run", "mode=0755,size=64k")]:
+        if os.path.isdir(target) and not os.path.islink(target):
+            with suppress(OSError):
+                _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+                masked.append(target)
     for point in existing:
-        if any(point == t or point.startswith(t + "/") for t, _ in masks):
+        if any(point == m or point.startswith(m + "/") for m in masked):
             continue  # covered: remounting the path would reach our tmpfs instead
         try:
             kept = os.statvfs(point).f_flag & (MS_NODEV | MS_NOEXEC)
             _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
-            read_only |= point == "/"
+            if point == "/":
+                layers.append("read-only-filesystem")
         except OSError:
             pass  # e.g. a mount hidden under another one
-    _reveal(libc, reveal)
-    return read_only
+    with suppress(OSError):  # without it the program cannot start, which the result says
+        _reveal(libc, reveal)
+    return layers
 
 
 def _reveal(libc, paths: list[str]) -> None:
@@ -436,9 +450,8 @@ def _enter(config: dict) -> tuple[list[str], list[str], str]:
     uid: int | None = config["uid"]
     layers: list[str] = []
     spaces = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
-    if uid is not None:
-        _check(libc.unshare(spaces), "unshare")
-        namespaces = True
+    if uid is not None:  # needs CAP_SYS_ADMIN, which e.g. Docker's default root lacks
+        namespaces = libc.unshare(spaces) == 0
     else:
         own_uid, own_gid = os.getuid(), os.getgid()
         namespaces = libc.unshare(CLONE_NEWUSER | spaces) == 0
@@ -452,19 +465,11 @@ def _enter(config: dict) -> tuple[list[str], list[str], str]:
                 ]:
                     Path(f"/proc/self/{name}").write_text(text)
     workdir = config["workdir"]
-    if namespaces:
+    if namespaces:  # unshare is all or nothing: every mount below is in our own namespace
         layers += ["network-namespace", "ipc-namespace"]
-        try:
-            read_only = _read_only_view(libc, uid, config["limits"], config["reveal"])
+        with suppress(OSError):
+            layers += _read_only_view(libc, uid, config["limits"], config["reveal"])
             workdir = "/tmp"
-            layers.append("private-tmpfs")
-            if read_only:
-                layers.append("read-only-filesystem")
-            elif uid is not None:
-                raise OSError("could not remount / read-only")
-        except OSError:
-            if uid is not None:
-                raise
     (Path(workdir) / PROGRAM).write_bytes(program)
     os.chdir(workdir)
     _set_limits(config["limits"], uid)

@@ -242,7 +242,10 @@ def code_task_result(
     paper_k: int,
     shots: int,
 ) -> TaskResult:
-    layers = containment()  # fails loudly here rather than scoring every program 0
+    try:
+        layers = containment()  # fail here, before generating, rather than score every program 0
+    except RuntimeError as e:
+        raise PastureError(f"{name}: {e}") from None
     n = settings.samples or DEFAULT_SAMPLES
     problems = limited(problems, settings)
     runs = {PASS1_TEMPERATURE: [1]}
