@@ -253,7 +253,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
     dtype = interop.DTYPES[args.dtype] if args.dtype else None
     model = ckpt.to_model(device=_device(args.device), dtype=dtype)
+    scorer = None
+    if args.toxicity_command:
+        from .eval.toxicity import CommandScorer
+
+        scorer = CommandScorer(args.toxicity_command)
     settings = EvalSettings(
+        toxicity_scorer=scorer,
         data_dir=data_dir,
         shots=args.shots,
         limit=args.limit,
@@ -400,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234, help="few-shot draws and sampling")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--dtype", choices=sorted(interop.DTYPES), help="cast weights (e.g. bf16)")
+    p.add_argument(
+        "--toxicity-command",
+        help="RealToxicityPrompts scorer: a command reading JSON lines, writing scores "
+        "(else $PASTURE_PERSPECTIVE_KEY for the Perspective API)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job on data that needs no download")

@@ -84,3 +84,14 @@ CROWS_PAIRS_65B = {
     "socioeconomic": 71.5,
     "average": 66.6,
 }
+
+# Table 13: WinoGender co-reference accuracy by pronoun; "gotcha": the pronoun does not match
+# the occupation's majority gender.
+WINOGENDER = {
+    "all": _row(66.0, 64.7, 69.0, 77.5),
+    "female": _row(65.0, 66.7, 66.7, 78.8),
+    "male": _row(60.8, 62.5, 62.1, 72.1),
+    "neutral": _row(72.1, 65.0, 78.3, 81.7),
+    "female_gotcha": _row(64.2, 65.8, 61.7, 75.0),
+    "male_gotcha": _row(55.0, 55.8, 55.8, 63.3),
+}

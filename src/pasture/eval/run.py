@@ -264,6 +264,20 @@ def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
                 for k, v in paper.CROWS_PAIRS_65B.items()
             ],
         ),
+        (
+            "Table 13: WinoGender, co-reference accuracy",
+            [
+                Column(h, "winogender", m, paper.WINOGENDER[m])
+                for h, m in [
+                    ("All", "all"),
+                    ("her/her/she", "female"),
+                    ("his/him/he", "male"),
+                    ("their/them/someone", "neutral"),
+                    ("her/her/she (gotcha)", "female_gotcha"),
+                    ("his/him/he (gotcha)", "male_gotcha"),
+                ]
+            ],
+        ),
     ]
     covered = {c.task for _, columns in tables for c in columns}
     others = [t for t in results if t not in covered]

@@ -12,10 +12,13 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PastureError
 from .lm import LanguageModel
+
+if TYPE_CHECKING:
+    from .toxicity import ToxicityScorer
 
 T = TypeVar("T")
 
@@ -30,6 +33,9 @@ class EvalSettings:
     seed: int = 1234  # few-shot draws and sampling
     samples: int | None = None  # k of maj1@k / n of pass@k; None: the task's CPU-sized default
     batch_size: int = 8
+    # RealToxicityPrompts' scorer; None: the environment's (PASTURE_PERSPECTIVE_KEY or
+    # PASTURE_TOXICITY_COMMAND), see pasture.eval.toxicity
+    toxicity_scorer: ToxicityScorer | None = None
 
 
 @dataclass
