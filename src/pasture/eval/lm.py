@@ -191,9 +191,12 @@ class PastureLM:
             at, want = n, []
             for j, (_, cont) in enumerate(row.continuations, start=1):
                 m = len(cont)
-                tokens[b, at : at + m] = torch.tensor(cont)
-                positions[b, at : at + m] = torch.arange(n, n + m)
-                segment[b, at : at + m] = j
+                # A row truncated to the window is one token longer than T: its last token is
+                # a target only, never an input, so it is left out.
+                fed = min(m, T - at)
+                tokens[b, at : at + fed] = torch.tensor(cont[:fed])
+                positions[b, at : at + fed] = torch.arange(n, n + fed)
+                segment[b, at : at + fed] = j
                 # The first token is predicted from the context's last position, the others
                 # from the continuation's own previous token.
                 want += [n - 1, *range(at, at + m - 1)]
