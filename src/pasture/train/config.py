@@ -43,6 +43,10 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    # Write checkpoints in a background thread (DCP async_save) while training goes on; the
+    # state is first copied to CPU memory (model + optimizer: ~12 bytes per parameter shard).
+    checkpoint_async: bool = False
+    tensorboard: bool = True  # RUN/tensorboard/: the metrics.jsonl scalars (pasture[train])
     nan_policy: str = "stop"  # stop | skip (drop the batch's update)
     peak_tflops: float = 0.0  # for MFU; 0: the device's bf16 dense peak if known
     # Energy and carbon (paper §6): NVML where a GPU is visible, else hours × devices × power.

@@ -8,8 +8,10 @@
 The model is built on the meta device, parallelized (``pasture.parallel``: TP → activation
 checkpointing → compile → FSDP), then initialized. Each step accumulates micro-batches until the
 global batch (``batch_tokens``) is reached, clips the gradient norm, and steps AdamW at the
-step's warmup/cosine learning rate. ``RUN/metrics.jsonl`` gets one line per logged step;
-``RUN/config.json`` is the resolved config; checkpoints are in ``RUN/checkpoints``.
+step's warmup/cosine learning rate. ``RUN/metrics.jsonl`` gets one line per logged step, and
+``RUN/tensorboard/`` the same scalars (``tensorboard --logdir RUN``); ``RUN/config.json`` is the
+resolved config; checkpoints are in ``RUN/checkpoints`` (``checkpoint_async``: written in the
+background). Several nodes: one torchrun per node with the same c10d rendezvous (docs/training.md).
 """
 
 from __future__ import annotations
@@ -155,6 +157,27 @@ def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
     return torch.device(cfg.device) if cfg.device else device
 
 
+def _check_tensorboard(cfg: TrainConfig) -> None:
+    if not cfg.tensorboard:
+        return
+    try:
+        import tensorboard  # noqa: F401  (what torch.utils.tensorboard needs)
+    except ImportError:
+        raise PastureError(
+            "tensorboard = true needs the tensorboard package: pip install 'pasture[train]', "
+            "or set tensorboard = false"
+        ) from None
+
+
+def _summary_writer(run_dir: Path, start: int) -> Any:
+    """``RUN/tensorboard/``'s writer. Events at steps after ``start`` from an earlier session
+    (a run killed past its last checkpoint) are dropped by TensorBoard, as later lines win in
+    metrics.jsonl."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1)
+
+
 def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     """Run (or continue) training; returns the last logged metrics."""
     if cfg.model.preset not in PRESETS:
@@ -162,6 +185,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     if cfg.nan_policy not in ("stop", "skip"):
         raise PastureError(f"nan_policy: {cfg.nan_policy!r} is not stop or skip")
     lr_at(0, cfg.steps, cfg.optim)  # schedule errors (steps ≤ warmup) before any work
+    _check_tensorboard(cfg)
     rank, world, device = init_distributed()
     device = _device(cfg, device)
     mesh = build_mesh(world, cfg.parallel.tp, device.type)
@@ -210,6 +234,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         rank=dp_rank,
         world_size=dp_world,
     )
+    checkpointer = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints, cfg.checkpoint_async)
     start = 0
     path = checkpoint.latest(run_dir) if resume is True else (Path(resume) if resume else None)
     if resume is True and path is None and rank == 0:
@@ -223,6 +248,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     peak = peak_flops(device, cfg.peak_tflops)
     flops = flops_per_token(args, seq_len)
     metrics_path = run_dir / "metrics.jsonl"
+    writer = _summary_writer(run_dir, start) if cfg.tensorboard and rank == 0 else None
     batches = iter(loader)
     last: dict[str, Any] = {}
     window_tokens, window_start = 0, time.perf_counter()
@@ -258,6 +284,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             if cfg.nan_policy == "stop":
+                checkpointer.wait()  # a save in flight holds a good (earlier) state
                 good = checkpoint.latest(run_dir)
                 raise PastureError(
                     f"step {step}: loss {loss_value}, grad norm {float(grad_norm)}; stopped. "
@@ -268,6 +295,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        checkpointer.poll()
         window_tokens += cfg.batch_tokens
         done = step + 1
         evaluate = held_out is not None and cfg.eval_every and done % cfg.eval_every == 0
@@ -300,17 +328,19 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
             if rank == 0:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")
+                if writer is not None:
+                    for key, value in last.items():
+                        if key != "step" and value is not None:
+                            writer.add_scalar(key, value, done)
+                    writer.flush()
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             window_tokens, window_start = 0, time.perf_counter()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            checkpoint.save(
-                run_dir,
-                done,
-                model,
-                optimizer,
-                {"loader": loader.state_dict()},
-                cfg.keep_checkpoints,
-            )
+            checkpointer.save(done, model, optimizer, {"loader": loader.state_dict()})
+    checkpointer.wait()
+    _barrier()  # every rank returns with the last checkpoint complete
+    if writer is not None:
+        writer.close()
     footprint = meter.stop()
     if rank == 0:
         carbon = {"steps": [start, cfg.steps], **footprint.to_dict()}
