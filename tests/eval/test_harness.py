@@ -1,0 +1,175 @@
+"""lm-evaluation-harness drives a Pasture model through ``pasture.eval.harness``: its evaluator
+gets, item by item, exactly what ``PastureLM`` gives when called directly.
+
+The tasks are lm-eval YAMLs on the original data files (tests/eval/lm_eval_tasks/).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval import simple_evaluate
+from lm_eval.api.registry import get_model
+from lm_eval.tasks import TaskManager
+
+from pasture import load_model
+from pasture.eval import GenerationRequest, PastureLM, Sampling
+from pasture.eval.harness import HarnessLM, register
+
+TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
+LIMIT = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The test machine is shared: two OpenMP threads wait on each other under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_tasks(names: list[str], data_dir: Path) -> dict:
+    """lm-eval Task objects for our YAMLs, their data_files read relative to ``data_dir``."""
+    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
+    cwd = os.getcwd()
+    os.chdir(data_dir)
+    try:
+        return manager.load(names)["tasks"]
+    finally:
+        os.chdir(cwd)
+
+
+def run_lm_eval(model, tasks: dict, limit: int = LIMIT) -> dict[str, list[dict]]:
+    """Per task, lm-eval's logged samples (arguments and responses), in document order."""
+    out = simple_evaluate(
+        model=model,
+        tasks=list(tasks.values()),
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+    )
+    return {name: sorted(s, key=lambda s: s["doc_id"]) for name, s in out["samples"].items()}
+
+
+@pytest.fixture(scope="module")
+def stories(shared_data):
+    d = shared_data / "models" / "stories260K"
+    return d / "stories260K.bin", d / "tok512.model"
+
+
+@pytest.fixture(scope="module")
+def lm(stories) -> PastureLM:
+    model, tokenizer = load_model(*stories)
+    return PastureLM(model, tokenizer, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tasks(shared_data) -> dict:
+    names = ["pasture_arc_easy", "pasture_arc_easy_generate", "pasture_arc_easy_rolling"]
+    return load_tasks(names, shared_data / "eval")
+
+
+@pytest.fixture(scope="module")
+def samples(lm, tasks) -> dict[str, list[dict]]:
+    return run_lm_eval(HarnessLM(lm), tasks)
+
+
+def test_multiple_choice_loglikelihoods_are_pastures(lm, samples):
+    got = samples["pasture_arc_easy"]
+    assert len(got) == LIMIT
+    requests = [tuple(args) for s in got for args in s["arguments"]]
+    want = lm.loglikelihood(requests)
+    responses = [tuple(r) for s in got for r in s["filtered_resps"]]
+    assert responses == want  # the same code path, batch-invariant: equal to the last bit
+    assert requests[0] == (
+        "Question: Which statement best explains why photosynthesis is the foundation of most "
+        "food webs?\nAnswer:",
+        " Sunlight is the source of energy for nearly all ecosystems.",
+    )
+
+
+def test_rolling_loglikelihoods_are_pastures(lm, samples):
+    got = samples["pasture_arc_easy_rolling"]
+    texts = [s["arguments"][0][0] for s in got]
+    assert texts[0].startswith("Which statement best explains")
+    assert [s["filtered_resps"][0] for s in got] == lm.loglikelihood_rolling(texts)
+
+
+def test_generations_are_pastures(lm, samples):
+    got = samples["pasture_arc_easy_generate"]
+    contexts = [s["arguments"][0][0] for s in got]
+    want = lm.generate_until([GenerationRequest(c, ("\n",), Sampling(16)) for c in contexts])
+    assert [s["filtered_resps"][0] for s in got] == want
+    assert all("\n" not in text for text in want) and any(text.strip() for text in want)
+
+
+def test_by_name_with_model_args(stories, lm, tasks, samples):
+    """``--model pasture`` once registered: lm-eval builds the model from its model_args."""
+    if "pasture" not in _registered():
+        register(load_model)
+    checkpoint, tokenizer = stories
+    by_name = simple_evaluate(
+        model="pasture",
+        model_args=f"checkpoint={checkpoint},tokenizer={tokenizer},batch_size=3",
+        tasks=[tasks["pasture_arc_easy"]],
+        limit=LIMIT,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
+    got = sorted(by_name["samples"]["pasture_arc_easy"], key=lambda s: s["doc_id"])
+    assert [s["filtered_resps"] for s in got] == [
+        s["filtered_resps"] for s in samples["pasture_arc_easy"]
+    ]
+    assert get_model("hf").__name__ == "HFLM"  # registering ours hid none of lm-eval's own
+
+
+def test_model_args_errors_name_the_key(stories):
+    if "pasture" not in _registered():
+        register(load_model)
+    cls = get_model("pasture")
+    with pytest.raises(ValueError, match="needs checkpoint=PATH"):
+        cls.create_from_arg_string("batch_size=2")
+    with pytest.raises(ValueError, match="unknown key 'pretrained'"):
+        cls.create_from_arg_string(f"checkpoint={stories[0]},pretrained=x")
+    with pytest.raises(ValueError, match="'auto' is not supported"):
+        cls.create_from_arg_string(f"checkpoint={stories[0]},batch_size=auto")
+
+
+def _registered() -> list[str]:
+    from lm_eval.api.registry import model_registry
+
+    return list(model_registry.keys())
+
+
+def test_generation_kwargs_translate_to_sampling(lm):
+    harness = HarnessLM(lm, seed=7, max_gen_toks=32)
+    greedy = harness.generation_request(
+        "Q", {"until": "\n", "temperature": 0.7, "do_sample": False}
+    )
+    assert greedy.stop == ("\n",) and greedy.sampling.temperature == 0.0
+    assert greedy.sampling.max_new_tokens == 32
+    sampled = harness.generation_request(
+        "Q", {"until": ["\n\n", "Question:"], "max_gen_toks": 5, "do_sample": True, "top_p": 0.9}
+    )
+    assert sampled.stop == ("\n\n", "Question:")
+    assert (sampled.sampling.temperature, sampled.sampling.top_p) == (1.0, 0.9)
+    assert sampled.sampling.max_new_tokens == 5
+    implicit = harness.generation_request("Q", {"temperature": 0.5})
+    assert implicit.sampling.temperature == 0.5 and implicit.stop == ()
+    # The repeats of one request (maj@k) draw differently; the draw is a function of the
+    # request, not of its position in the run.
+    seeds = {harness.generation_request("Q", {}, repeat=k).sampling.seed for k in range(4)}
+    assert len(seeds) == 4
+    assert harness.generation_request("Q", {}).sampling.seed == (
+        HarnessLM(lm, seed=7).generation_request("Q", {}).sampling.seed
+    )
+    with pytest.raises(ValueError, match="'num_beams' is not supported"):
+        harness.generation_request("Q", {"num_beams": 4})
