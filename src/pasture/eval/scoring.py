@@ -43,7 +43,11 @@ def argmax(values: Sequence[float]) -> int:
 
 
 def char_normalized(loglikelihood: float, continuation: str) -> float:
-    return loglikelihood / max(len(continuation), 1)
+    """Log-likelihood per character of the completion. The one space that separates the
+    completion from the context (" Paris" after "Answer:") is not the completion's: it is not
+    counted, as lm-evaluation-harness does not count it for ``acc_norm``."""
+    chars = len(continuation) - 1 if continuation.startswith(" ") else len(continuation)
+    return loglikelihood / max(chars, 1)
 
 
 def multiple_choice(
