@@ -222,11 +222,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from .train.plot import plot_loss
+    from .train.plot import plot_benchmarks, plot_loss
 
     runs = [Path(r) for r in args.run_dirs]
     out = plot_loss(runs, Path(args.out) if args.out else runs[0] / "loss.png")
     print(out)
+    figure2 = plot_benchmarks(runs, out.with_name("benchmarks.png"))
+    if figure2 is not None:
+        print(figure2)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

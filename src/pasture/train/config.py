@@ -27,11 +27,24 @@ class DataConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """Benchmarks during training (the paper's Figure 2: accuracy against training tokens)."""
+
+    tasks: list[str] = field(default_factory=list)  # pasture.eval task names; empty: none
+    every: int = 0  # steps between evaluations (and after the last step); 0: never
+    data_dir: str = ""  # benchmark files; empty: $PASTURE_DATA/eval
+    limit: int | None = 200  # items per task, to keep it cheap
+    batch_size: int = 8
+    seed: int = 1234
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     run_dir: str = "runs/debug"
     steps: int = 200
     batch_tokens: int = 4_194_304  # global batch in tokens (the paper: 4M); accumulation fills it

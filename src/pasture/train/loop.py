@@ -11,14 +11,18 @@ global batch (``batch_tokens``) is reached, clips the gradient norm, and steps A
 step's warmup/cosine learning rate. ``RUN/metrics.jsonl`` gets one line per logged step, and
 ``RUN/tensorboard/`` the same scalars (``tensorboard --logdir RUN``); ``RUN/config.json`` is the
 resolved config; checkpoints are in ``RUN/checkpoints`` (``checkpoint_async``: written in the
-background). Several nodes: one torchrun per node with the same c10d rendezvous (docs/training.md).
+background). ``[benchmarks]`` scores pasture.eval tasks every N steps into
+``RUN/benchmarks.jsonl`` (the paper's Figure 2; ``pasture plot`` draws it). Several nodes: one
+torchrun per node with the same c10d rendezvous (docs/training.md).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,9 @@ from ..data.loader import MixtureLoader
 from ..data.shards import Shard, list_shards, tokenize_documents
 from ..data.tokenizer import Tokenizer, train_tokenizer
 from ..errors import PastureError
+from ..eval import EvalSettings, PastureLM
+from ..eval.run import evaluate, missing_files, resolve_tasks
+from ..eval.tasks import TASKS
 from ..model import PRESETS, Transformer, count_parameters, flops_per_token, preset
 from ..parallel.mesh import build_mesh, init_distributed
 from ..parallel.parallelize import parallelize_model
@@ -105,6 +112,84 @@ def prepare_data(
     _barrier()
     held_out = ({"stdlib": [val_prefix]}, {"stdlib": 1.0})
     return {"stdlib": [prefix]}, {"stdlib": 1.0}, Shard(prefix).vocab_size, held_out
+
+
+def tokenizer_path(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The SentencePiece model the run's tokens were made with."""
+    if cfg.data.tokenizer:
+        return Path(cfg.data.tokenizer)
+    if cfg.data.shards:
+        return Path(cfg.data.shards) / "tokenizer.model"  # `pasture data build` copies it there
+    return run_dir / "data" / "tokenizer.model"
+
+
+def benchmark_settings(cfg: TrainConfig) -> EvalSettings | None:
+    """The benchmarks to run during training, checked before any work: names and files."""
+    bench = cfg.benchmarks
+    if not bench.tasks or bench.every <= 0:
+        return None
+    if cfg.parallel.tp > 1:
+        raise PastureError("benchmarks.tasks: evaluation during training needs parallel.tp = 1")
+    names, unknown = resolve_tasks(bench.tasks)
+    if unknown:
+        raise PastureError(f"benchmarks.tasks: unknown task(s) {', '.join(unknown)}")
+    root = bench.data_dir or os.environ.get("PASTURE_DATA", "")
+    if not root:
+        raise PastureError("benchmarks.data_dir: empty and $PASTURE_DATA is not set")
+    data_dir = Path(root) if bench.data_dir else Path(root) / "eval"
+    settings = EvalSettings(
+        data_dir=data_dir, limit=bench.limit, seed=bench.seed, batch_size=bench.batch_size
+    )
+    for name in names:
+        missing = missing_files(TASKS[name], settings)
+        if missing:
+            raise PastureError(f"benchmarks.tasks: {name}: {data_dir / missing[0]}: missing")
+    return settings
+
+
+def run_benchmarks(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    cfg: TrainConfig,
+    settings: EvalSettings,
+    step: int,
+) -> list[dict[str, Any]]:
+    """Score the benchmarks on the model as it is now; one row per task. Every rank runs the
+    same requests, so the forward passes of a sharded (FSDP) model stay in step."""
+    lm = PastureLM(model, tokenizer, batch_size=settings.batch_size, progress=False)
+    try:
+        outcome = evaluate(lm, cfg.benchmarks.tasks, settings, log=lambda _: None)
+    finally:
+        model.train()
+    if outcome.errors:
+        name, message = next(iter(outcome.errors.items()))
+        raise PastureError(f"benchmarks.tasks: {name}: {message}")
+    return [
+        {
+            "step": step,
+            "tokens": step * cfg.batch_tokens,
+            "task": name,
+            "metric": result.main,
+            "value": result.metrics[result.main],
+            "stderr": result.stderr.get(result.main),
+            "n": len(result.records),
+        }
+        for name, result in outcome.results.items()
+    ]
+
+
+def micro_batch_loss(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: bool,
+) -> torch.Tensor:
+    """Cross-entropy of one micro-batch: the forward in bf16 autocast if ``autocast``, the loss in
+    float32. ``logits_of`` maps (B, T) tokens to (B, T, vocab) logits (a Pasture model; the GPU
+    benchmark also passes Hugging Face's)."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = logits_of(inputs)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 @torch.no_grad()
@@ -186,6 +271,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         raise PastureError(f"nan_policy: {cfg.nan_policy!r} is not stop or skip")
     lr_at(0, cfg.steps, cfg.optim)  # schedule errors (steps ≤ warmup) before any work
     _check_tensorboard(cfg)
+    bench_settings = benchmark_settings(cfg)
     rank, world, device = init_distributed()
     device = _device(cfg, device)
     mesh = build_mesh(world, cfg.parallel.tp, device.type)
@@ -274,9 +360,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=device)
         for _ in range(accumulation):
             inputs, targets = (t.to(device) for t in next(batches))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = micro_batch_loss(model, inputs, targets, autocast)
             (loss / accumulation).backward()
             loss_sum += loss.detach() / accumulation
         grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
@@ -335,6 +419,17 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
                     writer.flush()
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             window_tokens, window_start = 0, time.perf_counter()
+        if bench_settings is not None and (done % cfg.benchmarks.every == 0 or done == cfg.steps):
+            tokenizer = Tokenizer.from_file(tokenizer_path(cfg, run_dir))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                rows = run_benchmarks(model, tokenizer, cfg, bench_settings, done)
+            if rank == 0:
+                with (run_dir / "benchmarks.jsonl").open("a") as f:
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
+                if writer is not None:
+                    for row in rows:
+                        writer.add_scalar(f"benchmarks/{row['task']}", row["value"], done)
+                    writer.flush()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             checkpointer.save(done, model, optimizer, {"loader": loader.state_dict()})
     checkpointer.wait()
