@@ -93,6 +93,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     shutil.copytree(ckpts / "step-00000008", partial)
     (partial / "train_state.json").unlink()
     next(partial.glob("*.distcp")).write_bytes(b"\x00" * 10)
+    (ckpts / "step-00000010.tmp").mkdir()  # a stale one from a step never saved again
     cfg.steps = 12
     train(cfg, resume=True)  # resumes from step 8, not from the broken save
     assert _losses(tmp_path / "run")[12] > 0

@@ -69,6 +69,8 @@ def _finish(run_dir: Path, tmp: Path, final: Path, train_state: str, keep: int) 
     tmp.rename(final)  # the checkpoint exists from this instant, complete
     for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in final.parent.glob(f"{PREFIX}*.tmp"):  # left by a killed run; none in flight
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
