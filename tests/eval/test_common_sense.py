@@ -70,17 +70,19 @@ def test_each_task_runs_on_its_file(lm, shared_data, name):
 
 
 def test_char_normalization_picks_per_character(shared_data):
-    """ARC-Easy's first item, lengths 60/55/51/44 characters, chosen log-likelihoods:
-    the raw sum prefers the shortest choice (3); per character, choice 0 (-27/60 = -0.450
-    beats -26/55 = -0.473, -27/51 = -0.529, -25/44 = -0.568), which is the gold."""
+    """ARC-Easy's first item: continuations " " + choice, choices of 59/54/50/43 characters
+    (the separating space is not the completion's), chosen log-likelihoods: the raw sum
+    prefers the shortest choice (3); per character, choice 0 (-27/59 = -0.458 beats
+    -26/54 = -0.481, -27/50 = -0.540, -25/43 = -0.581), which is the gold."""
     (item,) = cs.arc_items(shared_data / "eval" / "arc" / "ARC-Easy-Test.jsonl")[:1]
     assert [len(c) for c in item.continuations] == [60, 55, 51, 44] and item.gold == 0
+    assert all(c.startswith(" ") and not c.startswith("  ") for c in item.continuations)
     fake = FakeLM(dict(zip(item.continuations, [-27.0, -26.0, -27.0, -25.0], strict=True)))
     result = TASKS["arc_easy"].run(fake, EvalSettings(shared_data / "eval", limit=1))
     assert result.records[0]["prediction"] == 0
     assert result.metrics == {"acc": 0.0, "acc_char": 1.0}
     assert result.records[0]["char_normalized"] == pytest.approx(
-        [-0.45, -26 / 55, -27 / 51, -25 / 44]
+        [-27 / 59, -26 / 54, -27 / 50, -25 / 43]
     )
 
 

@@ -121,3 +121,37 @@ def test_sampled_generation_does_not_depend_on_the_batch(model_and_tokenizer):
 
 def test_padded_lengths_depend_on_the_row_only():
     assert [padded(n) for n in (1, 16, 17, 33)] == [16, 16, 32, 48]
+
+
+def _windowed_reference(model, ids: list[int], start: int, window: int, piece: int) -> float:
+    """log P(ids[start:]) predicted ``piece`` tokens at a time, each conditioned on the (at most
+    ``window``) tokens before it: plain forwards, summed in float64."""
+    total = 0.0
+    for s in range(start, len(ids), piece):
+        e = min(s + piece, len(ids))
+        inputs = ids[max(0, e - 1 - window) : e - 1]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([inputs])).double(), -1)[0]
+        offset = len(inputs) - (e - s)
+        total += sum(float(logprobs[offset + i, t]) for i, t in enumerate(ids[s:e]))
+    return total
+
+
+def test_requests_longer_than_the_whole_window(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    lm = PastureLM(model, tok, progress=False)  # the model's own window: 512 tokens
+    context = "Once upon a time, there was a little girl named Lily. " * 40
+    ((score, _),) = lm.loglikelihood([(context, " She liked to play.")])
+    ctx, cont = lm.encode_pair(context, " She liked to play.")
+    assert len(ctx) > 512
+    assert score == pytest.approx(
+        _windowed_reference(model, ctx + cont, len(ctx), 512, 99), abs=1e-4
+    )
+    # A continuation longer than the window: scored in rolling pieces of half a window.
+    small = PastureLM(model, tok, max_length=24, progress=False)
+    story = "Tom and Lily went to the park. They saw a big dog and a red ball. The dog ran."
+    ((score, _),) = small.loglikelihood([("Once upon a time", " " + story)])
+    ctx, cont = small.encode_pair("Once upon a time", " " + story)
+    assert len(cont) > 24
+    want = _windowed_reference(model, ctx + cont, len(ctx), 24, 12)
+    assert score == pytest.approx(want, abs=1e-4)

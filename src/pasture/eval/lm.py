@@ -92,8 +92,13 @@ class _Row:
     context: list[int]
     continuations: list[tuple[int, list[int]]]  # (request index, continuation tokens)
 
-    def __len__(self) -> int:
-        return len(self.context) + sum(len(c) for _, c in self.continuations)
+    def __len__(self) -> int:  # tokens fed to the model: a continuation's last is a target only
+        return len(self.context) + sum(len(c) - 1 for _, c in self.continuations)
+
+    @property
+    def prefix_only(self) -> bool:
+        """Every continuation is one token (MMLU's letters): the row is its context alone."""
+        return all(len(c) == 1 for _, c in self.continuations)
 
 
 class PastureLM:
@@ -136,23 +141,48 @@ class PastureLM:
         self, pairs: Sequence[tuple[list[int], list[int]]]
     ) -> list[tuple[float, bool]]:
         """The same from token ids: each context must start with BOS (or be truncated)."""
-        for i, (_, continuation) in enumerate(pairs):
-            if not continuation:
-                raise ValueError(f"request {i}: the continuation has no tokens")
-        rows = sorted(self._pack(pairs), key=len, reverse=True)
-        results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        by_length: dict[int, list[_Row]] = {}
-        for row in rows:
-            by_length.setdefault(padded(len(row)), []).append(row)
+        pieces, owner = self._split_long(pairs)
+        rows = sorted(self._pack(pieces), key=len, reverse=True)
+        scored: list[tuple[float, bool]] = [(0.0, False)] * len(pieces)
+        by_length: dict[tuple[int, bool], list[_Row]] = {}
+        for row in rows:  # a row's shape and attention path depend on the row alone
+            by_length.setdefault((padded(len(row)), row.prefix_only), []).append(row)
         bar = tqdm(total=len(pairs), desc="log-likelihoods", unit="req", disable=not self.progress)
         for same_length in by_length.values():
             for start in range(0, len(same_length), self.batch_size):
                 batch = same_length[start : start + self.batch_size]
                 for index, value in self._score_rows(batch):
-                    results[index] = value
+                    scored[index] = value
                 bar.update(sum(len(r.continuations) for r in batch))
         bar.close()
+        results = [(0.0, True)] * len(pairs)
+        for i, (score, greedy) in zip(owner, scored, strict=True):
+            results[i] = (results[i][0] + score, results[i][1] and greedy)
         return results
+
+    def _split_long(
+        self, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+        """A continuation longer than half the window is scored in pieces, each conditioned on
+        as many of the tokens before it as fit (a rolling window); their scores add up."""
+        half = self.max_length // 2
+        pieces: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []
+        for i, (context, continuation) in enumerate(pairs):
+            if not continuation:
+                raise ValueError(f"request {i}: the continuation has no tokens")
+            if not context:
+                raise ValueError(f"request {i}: the context has no tokens (start it with BOS)")
+            if len(context) + len(continuation) <= self.max_length or len(continuation) <= half:
+                pieces.append((context, continuation))
+                owner.append(i)
+                continue
+            whole = context + continuation
+            for start in range(len(context), len(whole), half):
+                end = min(start + half, len(whole))
+                pieces.append((whole[max(0, end - 1 - self.max_length) : start], whole[start:end]))
+                owner.append(i)
+        return pieces, owner
 
     def _pack(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[_Row]:
         """Requests sharing a context share a row while the row fits in the context window."""
@@ -160,7 +190,7 @@ class PastureLM:
         rows: list[_Row] = []
         open_rows: dict[tuple[int, ...], _Row] = {}
         for index, (context, continuation) in enumerate(pairs):
-            if len(context) + len(continuation) > limit:
+            if len(context) + len(continuation) - 1 > limit:
                 # Too long: keep the last ``limit`` tokens that predict the continuation,
                 # as lm-eval does (the context loses its start, BOS included).
                 whole = (context + continuation)[-(limit + 1) :]
@@ -168,7 +198,7 @@ class PastureLM:
                 continue
             key = tuple(context)
             row = open_rows.get(key)
-            if row is None or len(row) + len(continuation) > limit:
+            if row is None or len(row) + len(continuation) - 1 > limit:
                 row = open_rows[key] = _Row(list(context), [])
                 rows.append(row)
             row.continuations.append((index, continuation))
@@ -190,35 +220,36 @@ class PastureLM:
             segment[b, :n] = 0
             at, want = n, []
             for j, (_, cont) in enumerate(row.continuations, start=1):
-                m = len(cont)
-                # A row truncated to the window is one token longer than T: its last token is
-                # a target only, never an input, so it is left out.
-                fed = min(m, T - at)
+                fed = len(cont) - 1  # the last token is a target, never an input
                 tokens[b, at : at + fed] = torch.tensor(cont[:fed])
                 positions[b, at : at + fed] = torch.arange(n, n + fed)
                 segment[b, at : at + fed] = j
                 # The first token is predicted from the context's last position, the others
                 # from the continuation's own previous token.
-                want += [n - 1, *range(at, at + m - 1)]
-                at += m
+                want += [n - 1, *range(at, at + fed)]
+                at += fed
             wanted.append(want)
             targets.append([t for _, cont in row.continuations for t in cont])
-        causal = torch.ones((T, T), dtype=torch.bool).tril()
-        same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
-        sees_context = (segment[:, None, :] == 0) & (segment[:, :, None] >= 0)
-        mask = causal & (same | sees_context)  # a pad query sees only pads; never empty
         K = padded(max(len(w) for w in wanted))
         logits_at = torch.zeros((B, K), dtype=torch.long)
         target = torch.zeros((B, K), dtype=torch.long)
         for b in range(B):
             logits_at[b, : len(wanted[b])] = torch.tensor(wanted[b])
             target[b, : len(targets[b])] = torch.tensor(targets[b])
-        logits = self.model(
-            tokens.to(self.device),
-            positions=positions.to(self.device),
-            mask=mask.to(self.device),
-            logits_at=logits_at.to(self.device),
-        )  # (B, K, vocab)
+        if all(row.prefix_only for row in rows):
+            # Contexts only: plain causal attention (pads come last, no real token sees them).
+            logits = self.model(tokens.to(self.device), logits_at=logits_at.to(self.device))
+        else:
+            causal = torch.ones((T, T), dtype=torch.bool).tril()
+            same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
+            sees_context = (segment[:, None, :] == 0) & (segment[:, :, None] >= 0)
+            mask = causal & (same | sees_context)  # a pad query sees only pads; never empty
+            logits = self.model(
+                tokens.to(self.device),
+                positions=positions.to(self.device),
+                mask=mask.to(self.device),
+                logits_at=logits_at.to(self.device),
+            )  # (B, K, vocab)
         logprobs = torch.log_softmax(logits, dim=-1).cpu()
         target_lp = logprobs.gather(-1, target[:, :, None])[:, :, 0]  # (B, K)
         greedy = logprobs.argmax(-1) == target  # (B, K)
@@ -278,9 +309,9 @@ class PastureLM:
 
     def _generate(self, requests: list[GenerationRequest], prompts: list[list[int]]) -> list[str]:
         max_new = max(r.sampling.max_new_tokens for r in requests)
-        room = self.max_length - max_new
-        if room < 1:
-            raise ValueError(f"max_new_tokens {max_new} leaves no room in the context")
+        # A prompt keeps its last tokens: as many as leave room for max_new_tokens, but at
+        # least half the window (a small-context model then stops when its window is full).
+        room = max(self.max_length - max_new, self.max_length // 2)
         prompts = [p if len(p) <= room else p[-room:] for p in prompts]
         decoders = [StreamDecoder(self.tokenizer, p) for p in prompts]
         texts = [""] * len(requests)

@@ -96,6 +96,10 @@ def evaluate(
             outcome.errors[name] = str(e)
             log(f"pasture eval: {name}: {e}")
             continue
+        except Exception as e:  # a bug in one task must not lose the others' results
+            outcome.errors[name] = f"{type(e).__name__}: {e}"
+            log(f"pasture eval: {name}: failed: {outcome.errors[name]}")
+            continue
         result.metrics.setdefault("seconds", round(time.perf_counter() - started, 3))
         outcome.results[name] = result
         log(f"pasture eval: {name}: {result.main} = {result.metrics[result.main]:.4f}")
@@ -143,8 +147,8 @@ class Column:
 
 
 def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
-    def shots(task: str) -> int:
-        return results[task].shots if task in results else 0
+    def shots(task: str) -> int | None:
+        return results[task].shots if task in results else None
 
     def sampled(task: str, prefix: str) -> str | None:
         """The metric named ``prefix@k`` with the largest k the task reported, if any."""
@@ -176,12 +180,17 @@ def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
             "Tables 4–5: closed-book question answering, exact match",
             [
                 Column(
-                    f"NaturalQuestions {nq}-shot",
+                    f"NaturalQuestions {nq}-shot" if nq is not None else "NaturalQuestions",
                     "naturalquestions",
                     None,
                     paper.NATURAL_QUESTIONS.get(nq),
                 ),
-                Column(f"TriviaQA {tq}-shot", "triviaqa", None, paper.TRIVIAQA.get(tq)),
+                Column(
+                    f"TriviaQA {tq}-shot" if tq is not None else "TriviaQA",
+                    "triviaqa",
+                    None,
+                    paper.TRIVIAQA.get(tq),
+                ),
             ],
         ),
         (
