@@ -155,3 +155,27 @@ def test_requests_longer_than_the_whole_window(model_and_tokenizer):
     assert len(cont) > 24
     want = _windowed_reference(model, ctx + cont, len(ctx), 24, 12)
     assert score == pytest.approx(want, abs=1e-4)
+
+
+def test_a_shared_few_shot_prefix_is_computed_once(model_and_tokenizer, monkeypatch):
+    import pasture.eval.lm as lm_module
+
+    model, tok = model_and_tokenizer
+    shots = "Lily had a red ball. She liked to play with it in the park every day. " * 4
+    requests = [
+        (shots + f"Tom had a {thing}.", cont)
+        for thing in ("dog", "big box", "cat who sat on the mat")
+        for cont in (" He was happy.", " He", " It was sad and small.")
+    ]
+    lm = PastureLM(model, tok, batch_size=4, progress=False)
+    rows = lm._pack([lm.encode_pair(c, x) for c, x in requests])
+    ((prefix, members),) = lm_module.shared_prefixes(rows)
+    assert len(members) == 3 and len(prefix) >= lm_module.MIN_SHARED_PREFIX
+    shared = {
+        bs: PastureLM(model, tok, batch_size=bs, progress=False).loglikelihood(requests)
+        for bs in (1, 3)
+    }
+    assert shared[1] == shared[3]
+    for (context, continuation), (score, greedy) in zip(requests, shared[1], strict=True):
+        want, want_greedy = reference(model, lm, context, continuation)
+        assert score == pytest.approx(want, abs=1e-4) and greedy == want_greedy

@@ -101,6 +101,38 @@ class _Row:
         return all(len(c) == 1 for _, c in self.continuations)
 
 
+MIN_SHARED_PREFIX = 64  # tokens; shorter common prefixes are cheaper to recompute
+
+
+def shared_prefixes(rows: list[_Row]) -> list[tuple[list[int], list[_Row]]]:
+    """Rows grouped by a long common prefix of their contexts (few-shot examples shared by a
+    task's items, as MMLU's five per subject), to compute it once; ([], rows) for the rest.
+    A prefix always leaves each row at least its context's last token."""
+    groups: dict[tuple[int, ...], list[_Row]] = {}
+    alone: list[_Row] = []
+    for row in rows:
+        if len(row.context) > MIN_SHARED_PREFIX:
+            groups.setdefault(tuple(row.context[:MIN_SHARED_PREFIX]), []).append(row)
+        else:
+            alone.append(row)
+    out: list[tuple[list[int], list[_Row]]] = []
+    for members in groups.values():
+        first = members[0].context
+        shared = min(len(r.context) for r in members) - 1
+        for row in members[1:]:
+            n = 0
+            while n < shared and row.context[n] == first[n]:
+                n += 1
+            shared = n
+        if len(members) > 1 and shared >= MIN_SHARED_PREFIX:
+            out.append((first[:shared], members))
+        else:
+            alone.extend(members)
+    if alone:
+        out.append(([], alone))
+    return out
+
+
 class PastureLM:
     """The contract on a Pasture ``Transformer`` and its SentencePiece tokenizer."""
 
@@ -142,18 +174,29 @@ class PastureLM:
     ) -> list[tuple[float, bool]]:
         """The same from token ids: each context must start with BOS (or be truncated)."""
         pieces, owner = self._split_long(pairs)
-        rows = sorted(self._pack(pieces), key=len, reverse=True)
         scored: list[tuple[float, bool]] = [(0.0, False)] * len(pieces)
-        by_length: dict[tuple[int, bool], list[_Row]] = {}
-        for row in rows:  # a row's shape and attention path depend on the row alone
-            by_length.setdefault((padded(len(row)), row.prefix_only), []).append(row)
-        bar = tqdm(total=len(pairs), desc="log-likelihoods", unit="req", disable=not self.progress)
-        for same_length in by_length.values():
-            for start in range(0, len(same_length), self.batch_size):
-                batch = same_length[start : start + self.batch_size]
-                for index, value in self._score_rows(batch):
-                    scored[index] = value
-                bar.update(sum(len(r.continuations) for r in batch))
+        bar = tqdm(total=len(pieces), desc="log-likelihoods", unit="req", disable=not self.progress)
+        for prefix, rows in shared_prefixes(self._pack(pieces)):
+            P = len(prefix)
+            by_length: dict[tuple[int, bool], list[_Row]] = {}
+            for row in sorted(rows, key=len, reverse=True):
+                # A row's shape and attention path depend on the row (and its prefix) alone.
+                by_length.setdefault((padded(len(row) - P), row.prefix_only), []).append(row)
+            if P:
+                longest = max(padded(len(r) - P) for r in rows)
+                self.model.setup_cache(1, min(P + longest, self.model.args.max_seq_len))
+                prefix_tokens = torch.tensor([prefix], device=self.device)
+                with torch.inference_mode():
+                    self.model(prefix_tokens, last_only=True)  # fills the cache
+            try:
+                for same_length in by_length.values():
+                    for start in range(0, len(same_length), self.batch_size):
+                        batch = same_length[start : start + self.batch_size]
+                        for index, value in self._score_rows(batch, P):
+                            scored[index] = value
+                        bar.update(sum(len(r.continuations) for r in batch))
+            finally:
+                self.model.clear_cache()
         bar.close()
         results = [(0.0, True)] * len(pairs)
         for i, (score, greedy) in zip(owner, scored, strict=True):
@@ -205,9 +248,13 @@ class PastureLM:
         return rows
 
     @torch.inference_mode()
-    def _score_rows(self, rows: list[_Row]) -> list[tuple[int, tuple[float, bool]]]:
-        B = len(rows)
-        T = min(padded(max(len(r) for r in rows)), self.model.args.max_seq_len)
+    def _score_rows(
+        self, rows: list[_Row], prefix: int = 0
+    ) -> list[tuple[int, tuple[float, bool]]]:
+        """Score packed rows; with ``prefix`` > 0 their first ``prefix`` tokens (the same in
+        every row) are already in the model's KV cache, and only the rest is computed."""
+        B, P = len(rows), prefix
+        T = min(P + padded(max(len(r) for r in rows) - P), self.model.args.max_seq_len)
         tokens = torch.zeros((B, T), dtype=torch.long)
         positions = torch.zeros((B, T), dtype=torch.long)
         segment = torch.full((B, T), -1, dtype=torch.long)  # 0 context, j continuation j, -1 pad
@@ -234,20 +281,25 @@ class PastureLM:
         logits_at = torch.zeros((B, K), dtype=torch.long)
         target = torch.zeros((B, K), dtype=torch.long)
         for b in range(B):
-            logits_at[b, : len(wanted[b])] = torch.tensor(wanted[b])
+            logits_at[b, : len(wanted[b])] = torch.tensor(wanted[b]) - P
             target[b, : len(targets[b])] = torch.tensor(targets[b])
+        if P:
+            self.model.fork_cache(B)  # every row continues from the shared prefix
         if all(row.prefix_only for row in rows):
             # Contexts only: plain causal attention (pads come last, no real token sees them).
-            logits = self.model(tokens.to(self.device), logits_at=logits_at.to(self.device))
+            logits = self.model(
+                tokens[:, P:].to(self.device), start_pos=P, logits_at=logits_at.to(self.device)
+            )
         else:
             causal = torch.ones((T, T), dtype=torch.bool).tril()
             same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
             sees_context = (segment[:, None, :] == 0) & (segment[:, :, None] >= 0)
             mask = causal & (same | sees_context)  # a pad query sees only pads; never empty
             logits = self.model(
-                tokens.to(self.device),
-                positions=positions.to(self.device),
-                mask=mask.to(self.device),
+                tokens[:, P:].to(self.device),
+                start_pos=P,
+                positions=positions[:, P:].to(self.device),
+                mask=mask[:, P:].to(self.device),  # (B, T - P, T): the prefix's keys too
                 logits_at=logits_at.to(self.device),
             )  # (B, K, vocab)
         logprobs = torch.log_softmax(logits, dim=-1).cpu()

@@ -242,13 +242,14 @@ class Transformer(nn.Module):
 
         Packed sequences (several continuations sharing one context, as evaluation scores
         them) give each token's ``positions`` (B, T) and the attention ``mask`` (B, T, T),
-        True where query t may see key s; ``logits_at`` (B, K) picks the K positions whose
-        logits are computed, (B, K, vocab), so the vocabulary projection runs only there.
+        True where query t may see key s; after ``start_pos`` cached positions the mask is
+        (B, T, start_pos + T). ``logits_at`` (B, K) picks the K positions whose logits are
+        computed, (B, K, vocab), so the vocabulary projection runs only there.
         """
         T = tokens.shape[1]
         if positions is not None:
-            if mask is None or self.layers[0].attention.cache is not None:
-                raise ValueError("positions need a mask and no KV cache")
+            if mask is None or mask.shape[-1] != start_pos + T:
+                raise ValueError(f"positions need a mask over {start_pos + T} keys")
             if int(positions.max()) >= self.args.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len")
             freqs_cis = self.rotary(tokens.device)[positions]  # (B, T, head_dim / 2)
@@ -281,6 +282,15 @@ class Transformer(nn.Module):
                 weight.dtype,
                 weight.device,
             )
+
+    def fork_cache(self, batch_size: int) -> None:
+        """Every row of a new batch starts from row 0 of the current cache (a shared prefix)."""
+        for layer in self.layers:
+            cache = layer.attention.cache
+            if cache is None:
+                raise ValueError("no KV cache to fork (setup_cache first)")
+            cache.k = cache.k[:1].expand(batch_size, -1, -1, -1).clone()
+            cache.v = cache.v[:1].expand(batch_size, -1, -1, -1).clone()
 
     def clear_cache(self) -> None:
         for layer in self.layers:
