@@ -1,0 +1,109 @@
+"""`pasture eval` end to end: the paper's suite on stories260K, and broken inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pasture.eval.tasks import PAPER, TASKS
+
+REPO = Path(__file__).resolve().parents[2]
+SCORER = REPO / "tests" / "eval" / "fixtures" / "toxicity" / "keyword_scorer.py"
+
+
+def _eval(shared_data: Path, *args: str) -> subprocess.CompletedProcess:
+    model = shared_data / "models" / "stories260K"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pasture.cli",
+        "eval",
+        "--checkpoint",
+        str(model / "stories260K.bin"),
+        "--tokenizer",
+        str(model / "tok512.model"),
+        *args,
+    ]
+    # A 260K-parameter model: a second thread only adds synchronization.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def test_paper_suite_on_stories260k(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = _eval(
+        shared_data,
+        "--tasks",
+        "paper",
+        "--limit",
+        "20",
+        "--data-dir",
+        str(shared_data / "eval"),
+        "--out",
+        str(out),
+        "--toxicity-command",
+        f"{sys.executable} {SCORER}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    status = {line["task"]: line["status"] for line in lines}
+    assert set(status) == set(PAPER)
+    present = {
+        name
+        for name, task in TASKS.items()
+        if all((shared_data / "eval" / f).exists() for f in task.files)
+    }
+    assert {n for n, s in status.items() if s == "ok"} == present
+    assert {n for n, s in status.items() if s == "skipped"} == set(PAPER) - present
+    assert {"hellaswag", "race_middle", "race_high", "triviaqa"} <= set(PAPER) - present
+    for name in present:
+        result = json.loads((out / f"{name}.json").read_text())
+        assert result["n"] == (20 * 57 if name == "mmlu" else 20), name
+        assert result["main"] in result["metrics"]
+    table = (out / "results.md").read_text()
+    for title in ("Table 3", "Table 7", "Table 8", "Table 9", "Table 11", "Table 12", "Table 13"):
+        assert f"## {title}" in table
+    assert "| LLaMA 65B (paper) | 85.3 | 82.8 | 52.3 |" in table  # Table 3's BoolQ, PIQA, SIQA
+    assert "`hellaswag`" in table.split("## Not evaluated")[1]
+
+
+def test_broken_inputs_are_reported_and_the_rest_still_runs(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "eval"
+    shutil.copytree(shared_data / "eval" / "siqa", data / "siqa")
+    (data / "piqa").mkdir()
+    (data / "piqa" / "valid.jsonl").write_text('{"goal": "a", "sol1": "b", "sol2": "c"}\n{oops\n')
+    (data / "piqa" / "valid-labels.lst").write_text("0\n1\n")
+    out = tmp_path / "out"
+    done = _eval(
+        shared_data,
+        "--tasks",
+        "piqa,arc_easy,siqa,no_such_task",
+        "--limit",
+        "5",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 2
+    err = done.stderr
+    assert f"piqa: {data / 'piqa' / 'valid.jsonl'}:2: not JSON" in err
+    assert f"arc_easy: {data / 'arc' / 'ARC-Easy-Test.jsonl'}: missing" in err
+    assert "no_such_task: unknown task" in err
+    assert err.strip().splitlines()[-1] == (
+        "pasture: error: 3 task(s) failed (no_such_task, piqa, arc_easy); the others ran"
+    )
+    siqa = json.loads((out / "siqa.json").read_text())
+    assert siqa["n"] == 5
+    status = {
+        line["task"]: line["status"]
+        for line in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
+    assert status == {"siqa": "ok", "piqa": "error", "arc_easy": "error", "no_such_task": "error"}
+    assert not list(out.glob("*.tmp"))
