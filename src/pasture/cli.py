@@ -279,6 +279,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise PastureError(f"{len(outcome.errors)} task(s) failed ({failed}); the others ran")
 
 
+def cmd_lm_eval(args: argparse.Namespace) -> None:
+    """lm-evaluation-harness's own CLI, with ``--model pasture`` registered."""
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        from .eval.harness import register
+    except ImportError:
+        raise PastureError(
+            "pasture lm-eval needs lm-eval: pip install 'pasture[lm-eval]'"
+        ) from None
+    from . import load_model
+
+    register(load_model)
+    sys.argv = ["lm-eval", *args.harness_args]
+    cli_evaluate()
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -415,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(else $PASTURE_PERSPECTIVE_KEY for the Perspective API)",
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's CLI with --model pasture "
+        "(model_args checkpoint=PATH,tokenizer=PATH,batch_size=N)",
+    )
+    p.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments")
+    p.set_defaults(func=cmd_lm_eval)
 
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")

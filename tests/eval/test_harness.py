@@ -173,3 +173,23 @@ def test_generation_kwargs_translate_to_sampling(lm):
     )
     with pytest.raises(ValueError, match="'num_beams' is not supported"):
         harness.generation_request("Q", {"num_beams": 4})
+
+
+def test_pasture_lm_eval_command_runs_lm_evals_cli(shared_data, tmp_path):
+    """`pasture lm-eval …` is lm-eval's own CLI with --model pasture known (on a CPU machine
+    its --device default of cuda falls back to cpu unless model_args names a device)."""
+    import subprocess
+    import sys
+
+    model = shared_data / "models" / "stories260K"
+    args = f"checkpoint={model / 'stories260K.bin'},tokenizer={model / 'tok512.model'}"
+    cmd = [sys.executable, "-m", "pasture.cli", "lm-eval", "run", "--model", "pasture"]
+    cmd += ["--model_args", args + ",batch_size=4", "--tasks", "pasture_arc_easy"]
+    cmd += ["--include_path", str(TASK_DIR), "--limit", "5", "--output_path", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        cmd, cwd=shared_data / "eval", capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "|pasture_arc_easy|" in done.stdout and "acc_norm" in done.stdout
+    assert list(tmp_path.rglob("results_*.json"))

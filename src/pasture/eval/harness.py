@@ -142,6 +142,12 @@ def _args(requests: list[Instance]) -> list[tuple]:
     return [request.args for request in requests]
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 Loader = Callable[..., tuple[Transformer, TokenizerLike | None]]
 MODEL_ARGS = ("checkpoint", "tokenizer", "batch_size", "max_length", "device", "dtype", "seed")
 
@@ -189,10 +195,13 @@ def register(load: Loader, name: str = "pasture") -> type[HarnessLM]:
             dtype = args.get("dtype")
             if dtype is not None and dtype not in DTYPES:
                 raise ValueError(f"model_args: dtype={dtype!r}: one of {', '.join(DTYPES)}")
+            device = str(args.get("device") or "cpu")
+            if "device" not in arg_dict and device.startswith("cuda") and not cuda_available():
+                device = "cpu"  # lm-eval's CLI defaults to cuda; model_args may insist
             model, tokenizer = load(
                 str(args["checkpoint"]),
                 tokenizer=args.get("tokenizer"),
-                device=args.get("device") or "cpu",
+                device=device,
                 dtype=DTYPES[dtype] if dtype else None,
             )
             if tokenizer is None:
