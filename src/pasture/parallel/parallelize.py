@@ -159,9 +159,10 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
                 "attention_norm": SequenceParallel(),
                 # Attention(x, freqs_cis, start_pos): all-gather x; the rotary table (indexed
                 # by the replicated tokens' full length T) and start_pos pass through.
+                # (x, freqs_cis, start_pos, mask): only x is a sequence-sharded activation.
                 "attention": PrepareModuleInput(
-                    input_layouts=(Shard(1), None, None),
-                    desired_input_layouts=(Replicate(), None, None),
+                    input_layouts=(Shard(1), None, None, None),
+                    desired_input_layouts=(Replicate(), None, None, None),
                 ),
                 "attention.wq": ColwiseParallel(),
                 "attention.wk": ColwiseParallel(),
