@@ -4,7 +4,9 @@
         .venv/bin/python benchmarks/train_speed.py
 
 One step = forward, cross-entropy, backward, clip at 1.0, AdamW (the paper's settings), in
-float32, for llama2.c's 15M and 110M shapes with the LLaMA vocab. Both models start from the
+float32 (``--dtype bf16``: the forward under ``torch.autocast("cpu", torch.bfloat16)`` on both
+sides, float32 weights, optimizer and loss, as ``pasture train`` does with bf16 on one GPU),
+for llama2.c's 15M and 110M shapes with the LLaMA vocab. Both models start from the
 same weights (Pasture's, written through its HF converter) and see the same batches; the two
 alternate, a few steps each round, and the median tokens/s is reported. One JSON line per size
 goes to benchmarks/results/train_speed.jsonl.
@@ -23,28 +25,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from pasture import interop
 from pasture.interop import Checkpoint
 from pasture.model import Transformer, preset
+from pasture.train.loop import micro_batch_loss
 from pasture.train.optim import OptimConfig, build_optimizer, clip_grad_norm
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.jsonl"
 
 
-def steps_per_s(step, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
+def steps_per_s(step, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """Steps per wall-clock second and per CPU second of this process (the latter moves less
+    when other jobs share the machine)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     for tokens in batches:
         step(tokens)
-    return len(batches) / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return len(batches) / wall, len(batches) / cpu
 
 
-def make_step(model, optimizer, logits_of, grad_clip: float):
+def make_step(model, optimizer, logits_of, grad_clip: float, autocast: bool):
     def step(tokens: torch.Tensor) -> None:
-        logits = logits_of(tokens[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        micro_batch_loss(logits_of, tokens[:, :-1], tokens[:, 1:], autocast).backward()
         clip_grad_norm(model, grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -59,6 +63,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and side")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast on both sides"
+    )
     args = parser.parse_args()
     RESULTS.parent.mkdir(exist_ok=True)
     run = {
@@ -67,6 +74,8 @@ def main() -> None:
         "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "load_avg_1min": os.getloadavg()[0],
     }
     cfg = OptimConfig()
     for size in args.sizes:
@@ -84,17 +93,22 @@ def main() -> None:
         ]
 
         # Same work on both sides: logits, then the same cross-entropy (not HF's loss path).
-        step_ours = make_step(ours, opt_ours, ours, cfg.grad_clip)
+        autocast = args.dtype == "bf16"
+        step_ours = make_step(ours, opt_ours, ours, cfg.grad_clip, autocast)
         step_theirs_plain = make_step(
-            theirs, opt_theirs, lambda x, hf=theirs: hf(x).logits, cfg.grad_clip
+            theirs, opt_theirs, lambda x, hf=theirs: hf(x).logits, cfg.grad_clip, autocast
         )
         step_ours(batches[0]), step_theirs_plain(batches[0])  # warm-up
         speeds: dict[str, list[float]] = {"pasture": [], "hf": []}
+        per_cpu_s: dict[str, list[float]] = {"pasture": [], "hf": []}
         tokens_per_step = args.batch * args.seq_len
         for _ in range(args.rounds):
-            speeds["pasture"].append(steps_per_s(step_ours, batches) * tokens_per_step)
-            speeds["hf"].append(steps_per_s(step_theirs_plain, batches) * tokens_per_step)
+            for name, step in (("pasture", step_ours), ("hf", step_theirs_plain)):
+                wall, cpu = steps_per_s(step, batches)
+                speeds[name].append(wall * tokens_per_step)
+                per_cpu_s[name].append(cpu * tokens_per_step)
         ours_s, theirs_s = statistics.median(speeds["pasture"]), statistics.median(speeds["hf"])
+        ours_cpu, theirs_cpu = (statistics.median(per_cpu_s[k]) for k in ("pasture", "hf"))
         record = {
             **run,
             "size": size,
@@ -104,12 +118,18 @@ def main() -> None:
             "hf_tok_s": round(theirs_s),
             "ratio": round(ours_s / theirs_s, 2),
             "samples": speeds,
+            "pasture_tok_per_cpu_s": round(ours_cpu),
+            "hf_tok_per_cpu_s": round(theirs_cpu),
+            "ratio_per_cpu_s": round(ours_cpu / theirs_cpu, 2),
+            "samples_per_cpu_s": per_cpu_s,
         }
         with RESULTS.open("a") as f:
             f.write(json.dumps(record) + "\n")
         print(
             f"{size:12s} pasture {ours_s:8.0f} tok/s   hf {theirs_s:8.0f} tok/s   "
-            f"ratio {ours_s / theirs_s:.2f}x   ({run['allocator']}, {run['threads']} threads)"
+            f"ratio {ours_s / theirs_s:.2f}x   per CPU-second {ours_cpu / theirs_cpu:.2f}x   "
+            f"({args.dtype}, {run['allocator']}, "
+            f"{run['threads']} threads, load {run['load_avg_1min']:.1f})"
         )
 
 
