@@ -1,6 +1,6 @@
 """Training tokens/s on one GPU: Pasture's step vs Hugging Face ``LlamaForCausalLM``, 1.26B model.
 
-    .venv/bin/python benchmarks/gpu_train_speed.py            # one H100 / H200, ~5-8 minutes
+    .venv/bin/python benchmarks/gpu_train_speed.py            # one H100 / H200, est. 5-8 min
     .venv/bin/python benchmarks/gpu_train_speed.py --smoke    # a tiny model on CPU, seconds
 
 1. The bf16 dense matmul peak of this GPU, measured: ``torch.mm`` of two 8192 × 8192 bf16
