@@ -65,6 +65,8 @@ def plot_benchmarks(run_dirs: list[Path], out: Path) -> Path | None:
     if not tasks:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
     cols = min(len(tasks), 4)
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=120, squeeze=False)
@@ -79,6 +81,8 @@ def plot_benchmarks(run_dirs: list[Path], out: Path) -> Path | None:
                     label=run_dir.name,
                 )
                 metric = points[-1]["metric"]
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(EngFormatter())  # 50k, 1M, 1G tokens
         ax.set_title(f"{task} ({metric})", fontsize=9)
         ax.set_xlabel("tokens seen", fontsize=8)
         ax.set_ylabel("score (%)", fontsize=8)
