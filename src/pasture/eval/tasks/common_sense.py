@@ -119,7 +119,8 @@ def gold_label(record: dict[str, Any], labels: list[str], where: str) -> int:
 # -- one reader per benchmark -----------------------------------------------------------------
 
 
-def arc_items(path: Path) -> list[ChoiceItem]:
+def arc_items(path: Path, prompt: str = "Question: {stem}\nAnswer:") -> list[ChoiceItem]:
+    """ARC's question/choices/answerKey records (OpenBookQA uses the same format)."""
     items = []
     for number, record in read_jsonl(path):
         where = f"{path}:{number}"
@@ -128,7 +129,7 @@ def arc_items(path: Path) -> list[ChoiceItem]:
         items.append(
             ChoiceItem(
                 id=field_of(record, "id", where),
-                contexts=(f"Question: {stem}\nAnswer:",),
+                contexts=(prompt.format(stem=stem),),
                 continuations=tuple(f" {t}" for t in texts),
                 gold=gold_label(record, labels, where),
             )
@@ -137,20 +138,8 @@ def arc_items(path: Path) -> list[ChoiceItem]:
 
 
 def openbookqa_items(path: Path) -> list[ChoiceItem]:
-    items = []
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
-        stem = field_of(field_of(record, "question", where, dict), "stem", f"{where}: question")
-        texts, labels = choice_list(record, where)
-        items.append(
-            ChoiceItem(
-                id=field_of(record, "id", where),
-                contexts=(stem,),
-                continuations=tuple(f" {t}" for t in texts),
-                gold=gold_label(record, labels, where),
-            )
-        )
-    return items
+    """OpenBookQA: ARC's format; the context is the question stem alone (as lm-eval)."""
+    return arc_items(path, prompt="{stem}")
 
 
 def piqa_items(path: Path, labels: Path) -> list[ChoiceItem]:
