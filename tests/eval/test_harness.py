@@ -7,40 +7,17 @@ The tasks are lm-eval YAMLs on the original data files (tests/eval/lm_eval_tasks
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-import torch
 from lm_eval import simple_evaluate
 from lm_eval.api.registry import get_model
-from lm_eval.tasks import TaskManager
+from lm_eval_support import TASK_DIR, load_tasks, one_thread  # noqa: F401  (autouse)
 
 from pasture import load_model
 from pasture.eval import GenerationRequest, PastureLM, Sampling
 from pasture.eval.harness import HarnessLM, register
 
-TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
 LIMIT = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine is shared: two OpenMP threads wait on each other under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_tasks(names: list[str], data_dir: Path) -> dict:
-    """lm-eval Task objects for our YAMLs, their data_files read relative to ``data_dir``."""
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
-    cwd = os.getcwd()
-    os.chdir(data_dir)
-    try:
-        return manager.load(names)["tasks"]
-    finally:
-        os.chdir(cwd)
 
 
 def run_lm_eval(model, tasks: dict, limit: int = LIMIT) -> dict[str, list[dict]]:

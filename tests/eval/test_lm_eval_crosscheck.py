@@ -26,15 +26,13 @@ pin"); ``test_auto_tokenizer_differs_on_runs_of_spaces`` pins that down.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
+from lm_eval_support import TASK_DIR, load_tasks, one_thread  # noqa: F401  (autouse)
 from transformers import AutoTokenizer
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
@@ -47,7 +45,6 @@ from pasture.eval.tasks import mmlu as pasture_mmlu
 from pasture.interop import Checkpoint
 from pasture.model import Transformer, preset
 
-TASK_DIR = Path(__file__).parent / "lm_eval_tasks"
 FIXTURES = Path(__file__).parent / "fixtures"
 LIMIT = 20
 WINDOW = 2048
@@ -59,26 +56,6 @@ PAIRS = {
     "hellaswag": "pasture_hellaswag",
     **{f"mmlu/{s}": f"pasture_mmlu_{s}" for s in MMLU_SUBJECTS},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine is shared: two OpenMP threads wait on each other under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_tasks(names: list[str], data_dir: Path) -> dict:
-    """lm-eval Task objects for our YAMLs, their data_files read relative to ``data_dir``."""
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
-    cwd = os.getcwd()
-    os.chdir(data_dir)
-    try:
-        return manager.load(names)["tasks"]
-    finally:
-        os.chdir(cwd)
 
 
 def sentencepiece_for_hf(export: Path) -> SentencePieceBackend:
