@@ -162,6 +162,7 @@ def build_hf(pasture: Side, setup: Setup, device: torch.device) -> Side:
         model = LlamaForCausalLM(config)
     state = {}
     for name, tensor in pasture.model.state_dict().items():
+        name = name.replace("_orig_mod.", "")  # the compiled blocks' wrapper
         if name.endswith("attention.wq.weight"):
             tensor = permute_to_hf(tensor, args.n_heads)
         elif name.endswith("attention.wk.weight"):

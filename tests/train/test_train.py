@@ -245,3 +245,32 @@ def test_resume_into_another_shape_is_one_clear_error(tmp_path: Path) -> None:
         PastureError, match=r"step-00000006: cannot load into this model.*Size mismatch"
     ):
         train(other, resume=True)
+
+
+def test_compiled_blocks_checkpoint_with_meta_keys(tmp_path: Path) -> None:
+    # `parallel.compile = true` once failed at its first save (DCP asserted on a state-dict hook
+    # of the compiled wrapper; seen on an H200). No forward runs, so nothing is compiled here.
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from pasture.model import Transformer, preset
+    from pasture.parallel.parallelize import ParallelConfig, parallelize_model
+    from pasture.train import checkpoint
+    from pasture.train.optim import OptimConfig, build_optimizer
+
+    def compiled(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = Transformer(preset("debug", vocab_size=64))
+        model = parallelize_model(model, None, ParallelConfig(compile=True, mixed_precision="fp32"))
+        model.init_weights(seed=seed)
+        return model, build_optimizer(model, OptimConfig())
+
+    model, optimizer = compiled(0)
+    path = checkpoint.save(tmp_path, 1, model, optimizer, {"loader": {}}, keep=1)
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    assert "model.layers.0.attention.wq.weight" in keys
+    assert not [k for k in keys if "_orig_mod" in k]
+    other, other_optimizer = compiled(1)
+    checkpoint.load(path, other, other_optimizer)
+    got = other.state_dict()
+    for name, want in model.state_dict().items():
+        assert torch.equal(want, got[name]), name

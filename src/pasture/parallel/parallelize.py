@@ -216,28 +216,11 @@ def apply_compile(model: Transformer) -> None:
     """torch.compile each block, as torchtitan does: the blocks are identical, so one compiled
     graph is reused, and FSDP's hooks on the compiled wrapper stay outside the graph.
 
-    The wrapper would prefix state-dict keys with ``_orig_mod.``; hooks strip it on save and put
-    it back on load (as ``checkpoint_wrapper`` does for its prefix), so keys stay Meta's.
+    The wrapper's ``_orig_mod.`` sits in ``model.state_dict()`` keys; DCP's ``get_state_dict``
+    (training checkpoints) drops it, so checkpoints keep Meta's keys.
     """
     for i, block in enumerate(model.layers):
-        compiled = torch.compile(block, fullgraph=True)
-        compiled.register_state_dict_post_hook(_drop_orig_mod_prefix)
-        compiled.register_load_state_dict_pre_hook(_add_orig_mod_prefix)
-        model.layers[i] = compiled
-
-
-_ORIG_MOD = "_orig_mod."
-
-
-def _drop_orig_mod_prefix(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + _ORIG_MOD)]:
-        state_dict[prefix + key[len(prefix + _ORIG_MOD) :]] = state_dict.pop(key)
-
-
-def _add_orig_mod_prefix(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        if not key.startswith(prefix + _ORIG_MOD):
-            state_dict[prefix + _ORIG_MOD + key[len(prefix) :]] = state_dict.pop(key)
+        model.layers[i] = torch.compile(block, fullgraph=True)
 
 
 def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, mixed_precision: str) -> None:
