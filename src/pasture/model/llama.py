@@ -89,12 +89,17 @@ def rotary_frequencies(head_dim: int, positions: torch.Tensor, theta: float) -> 
 def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x[2k], x[2k+1]) of each head: Meta's interleaved convention.
 
-    ``freqs_cis`` is (T, D/2) shared by the batch, or (B, T, D/2) for per-row positions.
+    ``freqs_cis`` is the real view (cos, sin) of ``rotary_frequencies``: (T, D/2, 2) shared by
+    the batch, or (B, T, D/2, 2) for per-row positions. Real arithmetic, not complex: the same
+    products Meta's complex multiply does, and torch.compile generates code for it (Inductor
+    falls back to eager for complex operators).
     """
     B, T, H, D = x.shape
-    pairs = torch.view_as_complex(x.float().reshape(B, T, H, D // 2, 2))  # (B, T, H, D/2)
-    freqs = freqs_cis.view(-1, T, 1, D // 2)  # (1 or B, T, 1, D/2)
-    rotated = torch.view_as_real(pairs * freqs)  # (B, T, H, D/2, 2)
+    pairs = x.float().reshape(B, T, H, D // 2, 2)
+    x_even, x_odd = pairs[..., 0], pairs[..., 1]  # (B, T, H, D/2)
+    freqs = freqs_cis.view(-1, T, 1, D // 2, 2)  # (1 or B, T, 1, D/2, 2)
+    cos, sin = freqs[..., 0], freqs[..., 1]
+    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
     return rotated.reshape(B, T, H, D).to(x.dtype)
 
 
@@ -221,8 +226,8 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` would cast a complex
-        # buffer to real. Rebuilt on first use on another device (also after meta-device builds).
+        # A plain attribute, not a buffer: ``model.to(torch.bfloat16)`` must not lower the rotary
+        # table's precision. Rebuilt on first use on another device (also after meta builds).
         self.freqs_cis = torch.empty(0, device="meta")
 
     def forward(
@@ -252,7 +257,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"positions need a mask over {start_pos + T} keys")
             if int(positions.max()) >= self.args.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len")
-            freqs_cis = self.rotary(tokens.device)[positions]  # (B, T, head_dim / 2)
+            freqs_cis = self.rotary(tokens.device)[positions]  # (B, T, head_dim / 2, 2)
             mask = mask[:, None]  # (B, 1, T, T): the same for every head
         else:
             if start_pos + T > self.args.max_seq_len:
@@ -309,10 +314,12 @@ class Transformer(nn.Module):
                 param.normal_(0.0, std, generator=generator)
 
     def rotary(self, device: torch.device) -> torch.Tensor:
-        """The rotary table (max_seq_len, head_dim / 2) on ``device``, computed once per device."""
+        """The rotary table (max_seq_len, head_dim / 2, 2) of (cos, sin) on ``device``, computed
+        once per device."""
         if self.freqs_cis.device != device:
             positions = torch.arange(self.args.max_seq_len, device=device)
-            self.freqs_cis = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
+            table = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
+            self.freqs_cis = torch.view_as_real(table).contiguous()
         return self.freqs_cis
 
 
