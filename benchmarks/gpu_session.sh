@@ -17,7 +17,7 @@ py=python3
   nproc
 } 2>&1 | tee "$out/machine.txt"
 
-timeout 400 $py benchmarks/gpu_train_speed.py --budget-s 200 --out "$out/gpu_train_speed.jsonl" \
+timeout 400 $py benchmarks/gpu_train_speed.py ${BENCH_ARGS:---budget-s 200} --out "$out/gpu_train_speed.jsonl" \
   2>&1 | tee "$out/gpu_train_speed.log"
 echo "gpu_train_speed exit: $?"
 
