@@ -96,8 +96,9 @@ def _target_format(args: argparse.Namespace) -> str:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     args.to = _target_format(args)
+    interop.check_destination(args.dst, args.to, args.force)
     ckpt = interop.load(args.src, tokenizer=args.tokenizer)
-    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, **_save_options(args))
+    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, force=args.force, **_save_options(args))
     print(f"{args.src} ({ckpt.format}) -> {args.dst} ({args.to})", file=sys.stderr)
 
 
@@ -105,6 +106,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     if args.preset not in PRESETS:
         raise PastureError(f"unknown preset {args.preset!r}; known: {', '.join(PRESETS)}")
     args.to = _target_format(args)
+    interop.check_destination(args.dst, args.to, args.force)
     tokenizer = _tokenizer_arg(args.tokenizer)
     overrides = {}
     if tokenizer is not None:
@@ -115,7 +117,7 @@ def cmd_init(args: argparse.Namespace) -> None:
     model = Transformer(config)
     model.init_weights(seed=args.seed)
     ckpt = Checkpoint.from_model(model, tokenizer)
-    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, **_save_options(args))
+    interop.save(ckpt, args.dst, args.to, dtype=args.dtype, force=args.force, **_save_options(args))
     params = count_parameters(config)
     print(f"{args.preset}: {params:,} parameters -> {args.dst} ({args.to})", file=sys.stderr)
 
@@ -235,7 +237,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export
 
-    ckpt = export(Path(args.run_dir), Path(args.dst), args.to, args.dtype)
+    ckpt = export(Path(args.run_dir), Path(args.dst), args.to, args.dtype, force=args.force)
     print(
         f"{args.run_dir} -> {args.dst} ({args.to}, {count_parameters(ckpt.args):,} parameters)",
         file=sys.stderr,
@@ -302,8 +304,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.workdir), data=Path(args.data) if args.data else None)
 
 
+FORCE_HELP = (
+    "write into an existing DST that is not a Pasture checkpoint of this format, replacing "
+    "only the files the format writes (everything else in a folder is kept)"
+)
+
+
 def _add_save_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", choices=sorted(interop.FORMATS), help="format to write")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--dtype", choices=sorted(interop.DTYPES), help="weight dtype to write")
     p.add_argument("--tokenizer", help="SentencePiece .model to carry with the checkpoint")
     p.add_argument("--shards", type=int, default=1, help="Meta model-parallel shards to write")
@@ -400,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--to", choices=sorted(interop.FORMATS), required=True)
     p.add_argument("--dtype", choices=sorted(interop.DTYPES))
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -53,9 +53,14 @@ def load_trained(run_dir: Path, step_dir: Path | None = None) -> Checkpoint:
     return Checkpoint.from_model(model.float(), tokenizer)
 
 
-def export(run_dir: Path, dst: Path, fmt: str, dtype: str | None = None) -> Checkpoint:
+def export(
+    run_dir: Path, dst: Path, fmt: str, dtype: str | None = None, force: bool = False
+) -> Checkpoint:
+    """Write the run's latest checkpoint at ``dst``; an existing ``dst`` is replaced only if it
+    is a checkpoint of ``fmt`` (else ``force``, and then only ``fmt``'s files)."""
+    interop.check_destination(dst, fmt, force)  # before the (long) load
     ckpt = load_trained(run_dir)
-    interop.save(ckpt, dst, fmt, dtype=dtype)
+    interop.save(ckpt, dst, fmt, dtype=dtype, force=force)
     return ckpt
 
 

@@ -50,15 +50,33 @@ def load(path: str | Path, tokenizer: str | Path | Tokenizer | None = None) -> C
     return ckpt
 
 
+def check_destination(dst: str | Path, fmt: str, force: bool = False) -> None:
+    """Refuse, before any work, a ``dst`` where writing ``fmt`` could lose data Pasture did not
+    write: a non-empty folder (or a file) that is not a checkpoint of that format, unless
+    ``force``. Even with ``force`` only the format's own files are replaced."""
+    if fmt not in FORMATS:
+        raise PastureError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    try:
+        FORMATS[fmt].check_destination(Path(dst), force)
+    except OSError as e:
+        raise PastureError(f"{dst}: cannot inspect ({e.strerror or e})") from None
+
+
 def save(
-    ckpt: Checkpoint, dst: str | Path, fmt: str, dtype: str | None = None, **options: object
+    ckpt: Checkpoint,
+    dst: str | Path,
+    fmt: str,
+    dtype: str | None = None,
+    force: bool = False,
+    **options: object,
 ) -> None:
     """Write ``ckpt`` at ``dst`` in ``fmt``; ``dtype`` is f32, f16 or bf16 (default: as loaded).
 
-    Writes go to a temporary name first, so a failure leaves ``dst`` untouched.
+    Writes go to a temporary name first, so a failure leaves ``dst`` untouched. An existing
+    ``dst`` is replaced only if it is a checkpoint of the same format, or with ``force``; then
+    only the format's own files (see ``check_destination``).
     """
-    if fmt not in FORMATS:
-        raise PastureError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    check_destination(dst, fmt, force)
     if dtype is not None and dtype not in DTYPES:
         raise PastureError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     ckpt.validate()
@@ -68,7 +86,10 @@ def save(
         ckpt = cast(ckpt, DTYPES[dtype])
     if fmt == "llama2c" and any(t.dtype != torch.float32 for t in ckpt.state_dict.values()):
         ckpt = cast(ckpt, torch.float32)  # llama2.c's formats hold float32 only
-    FORMATS[fmt].save(ckpt, Path(dst), **options)
+    try:
+        FORMATS[fmt].save(ckpt, Path(dst), force=force, **options)
+    except OSError as e:
+        raise PastureError(f"{dst}: cannot write ({e.strerror or e})") from None
 
 
 def cast(ckpt: Checkpoint, dtype: torch.dtype) -> Checkpoint:
@@ -76,4 +97,4 @@ def cast(ckpt: Checkpoint, dtype: torch.dtype) -> Checkpoint:
     return Checkpoint(ckpt.args, state, ckpt.tokenizer, ckpt.source, ckpt.format, ckpt.metadata)
 
 
-__all__ = ["Checkpoint", "FORMATS", "detect_format", "load", "save", "cast"]
+__all__ = ["Checkpoint", "FORMATS", "check_destination", "detect_format", "load", "save", "cast"]

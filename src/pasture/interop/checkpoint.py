@@ -2,15 +2,16 @@
 
 Weights are held under Meta's keys (``tok_embeddings.weight``, ``layers.0.attention.wq.weight``,
 …, ``output.weight``) in Meta's rotary layout (interleaved pairs); each format module converts
-at its boundary.
+at its boundary. Writers go through ``check_folder``/``folder_writer`` or ``check_file`` and
+``pasture.files``: never replace what Pasture did not write, never leave a half-written file.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
+from ..files import atomic_dir, atomic_file
 from ..model import ModelArgs, Transformer
 
 
@@ -81,42 +83,103 @@ class Checkpoint:
         return cls(args=model.args, state_dict=state, tokenizer=tokenizer)
 
 
-@contextmanager
-def atomic_path(dst: str | os.PathLike, is_dir: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``dst``; rename it over ``dst`` only if the block succeeds.
+@dataclass(frozen=True)
+class FolderLayout:
+    """The files a folder format writes, so a write replaces those and touches nothing else.
 
-    A failed or interrupted write leaves ``dst`` as it was (absent, or the previous version).
+    ``files`` matches every name the format owns: what Pasture writes, plus files of the same
+    format that Pasture's reader would take instead of them (a stale shard index). ``marker``
+    (e.g. ``config.json``) must be present and satisfy ``recognizes`` for a folder to count as a
+    checkpoint of this format.
     """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+
+    label: str
+    marker: str
+    files: re.Pattern[str]
+    recognizes: Callable[[Path], bool]
+
+    def owns(self, name: str) -> bool:
+        leftover = _LEFTOVER.fullmatch(name)  # the temporary of a write that was killed
+        return bool(self.files.fullmatch(leftover["name"] if leftover else name))
+
+
+# pasture.files names a temporary ".NAME.RANDOM.tmp" beside its target.
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp")
+
+
+def check_folder(path: Path, layout: FolderLayout, force: bool) -> None:
+    """Refuse to write ``layout``'s files at ``path`` where that could lose a user's data.
+
+    Allowed: a new or empty folder, or a folder that holds only this format's files (a
+    checkpoint Pasture wrote). Anything else needs ``force``, and even then only the format's
+    own files are replaced; a file where the folder should be is never replaced.
+    """
+    if path.is_symlink() and not path.exists():
+        raise PastureError(f"{path}: a broken symbolic link; remove it or choose another name")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise PastureError(
+            f"{path}: exists and is not a folder; a {layout.label} checkpoint is a folder "
+            "(choose another name)"
+        )
+    entries = sorted(path.iterdir())
+    for entry in entries:
+        if layout.owns(entry.name) and entry.is_dir():
+            raise PastureError(f"{entry}: a folder where the {layout.label} file should go")
+    if not entries or force:
+        return
+    foreign = [e.name for e in entries if not layout.owns(e.name)]
+    if foreign:
+        problem = f"holds {foreign[0]!r}, which Pasture does not write for {layout.label}"
+    elif not layout.recognizes(path / layout.marker):
+        problem = f"is not a {layout.label} checkpoint (no valid {layout.marker})"
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if is_dir and dst.exists():
-            backup = dst.with_name(f".{dst.name}.old")
-            _remove(backup)
-            dst.rename(backup)
-            tmp.rename(dst)
-            _remove(backup)
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        _remove(tmp)
-        raise
+        return
+    raise PastureError(
+        f"{path}: not empty and {problem}; choose a new or empty folder, or pass --force to "
+        f"write the {layout.label} files into it and keep everything else"
+    )
 
 
-def _remove(path: Path) -> None:
+@contextmanager
+def folder_writer(path: Path, layout: FolderLayout) -> Iterator[Callable[[str], Path]]:
+    """Yield ``place(name)``: where to write the file ``name`` of the checkpoint at ``path``.
+
+    A new folder appears whole once every file is written (``pasture.files.atomic_dir``). In an
+    existing folder each file is written under a temporary name and renamed over its target
+    only when all are written; then the format's files this write did not produce (a stale
+    tokenizer or shard) are removed. Nothing else in the folder is touched, and a failed write
+    leaves the folder as it was.
+    """
+    if not path.exists():
+        with atomic_dir(path) as tmp:
+            yield lambda name: tmp / name
+        return
+    written: set[str] = set()
+    with ExitStack() as stack:
+
+        def place(name: str) -> Path:
+            written.add(name)
+            return stack.enter_context(atomic_file(path / name))
+
+        yield place
+    for entry in path.iterdir():
+        if entry.name not in written and layout.owns(entry.name) and not entry.is_dir():
+            entry.unlink(missing_ok=True)
+
+
+def check_file(path: Path, label: str, recognizes: Callable[[Path], bool], force: bool) -> None:
+    """Refuse to replace a file at ``path`` that is not a ``label`` checkpoint, unless ``force``."""
     if path.is_dir():
-        for child in path.iterdir():
-            _remove(child)
-        path.rmdir()
-    elif path.exists():
-        path.unlink()
+        raise PastureError(
+            f"{path}: is a folder; a {label} checkpoint is one file (choose a file name)"
+        )
+    if (path.exists() or path.is_symlink()) and not force and not recognizes(path):
+        raise PastureError(
+            f"{path}: exists and is not a {label} checkpoint; choose another name, or pass "
+            "--force to replace it"
+        )
 
 
 def read_error(path: str | os.PathLike, problem: str) -> PastureError:

@@ -25,8 +25,9 @@ import torch
 
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
+from ..files import atomic_file
 from ..model import ModelArgs
-from .checkpoint import Checkpoint, atomic_path
+from .checkpoint import Checkpoint, check_file
 
 MAGIC = b"GGUF"
 
@@ -65,6 +66,11 @@ def detect(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(4) == MAGIC
+
+
+def check_destination(path: Path, force: bool = False) -> None:
+    """A file that exists must be a GGUF file to be replaced without ``force``."""
+    check_file(path, "GGUF", detect, force)
 
 
 def meta_key(name: str, source: Path) -> str:
@@ -213,10 +219,11 @@ def _tokenizer(fields: dict[str, Any], path: Path) -> Tokenizer:
     )
 
 
-def save(ckpt: Checkpoint, path: Path, dtype: str = "f32") -> None:
+def save(ckpt: Checkpoint, path: Path, dtype: str = "f32", force: bool = False) -> None:
     """Write a llama GGUF: ``dtype="f32"``, or ``"f16"`` for matrices (norms stay F32)."""
     if dtype not in ("f32", "f16"):
         raise PastureError(f"{path}: GGUF dtype {dtype!r} cannot be written; choose f32 or f16")
+    check_destination(path, force)
     gguf = _gguf()
     ckpt.validate()
     args = ckpt.args
@@ -232,7 +239,7 @@ def save(ckpt: Checkpoint, path: Path, dtype: str = "f32") -> None:
             tensor = half
         arrays[gguf_name(key)] = tensor.contiguous().numpy()
 
-    with atomic_path(path, is_dir=False) as tmp:
+    with atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_name(str(ckpt.metadata.get("name") or path.stem))
         writer.add_vocab_size(args.vocab_size)

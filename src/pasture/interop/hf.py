@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..model import ModelArgs
-from .checkpoint import Checkpoint, atomic_path
+from .checkpoint import Checkpoint, FolderLayout, check_folder, folder_writer
 
 _LAYER_KEYS = {
     "self_attn.q_proj": "attention.wq",
@@ -42,6 +42,31 @@ _META_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight$")
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
+
+
+def _is_llama_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "llama"
+
+
+# What save writes, plus the sharded weights another writer may have left (our reader would
+# prefer their index to our model.safetensors).
+LAYOUT = FolderLayout(
+    "Hugging Face",
+    "config.json",
+    re.compile(
+        r"config\.json|model\.safetensors(\.index\.json)?|model-\d+-of-\d+\.safetensors"
+        r"|tokenizer\.model|tokenizer_config\.json"
+    ),
+    _is_llama_config,
+)
+
+
+def check_destination(path: Path, force: bool = False) -> None:
+    check_folder(path, LAYOUT, force)
 
 
 def permute_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -178,8 +203,13 @@ def load(path: Path) -> Checkpoint:
     return ckpt
 
 
-def save(ckpt: Checkpoint, path: Path) -> None:
-    """Write ``path/config.json``, ``model.safetensors`` and, with a tokenizer, its files."""
+def save(ckpt: Checkpoint, path: Path, force: bool = False) -> None:
+    """Write ``path/config.json``, ``model.safetensors`` and, with a tokenizer, its files.
+
+    An existing folder must be a Pasture Hugging Face checkpoint, or ``force`` given; either
+    way only the files in ``LAYOUT`` are replaced (see ``check_folder``).
+    """
+    check_destination(path, force)
     args = ckpt.args
     tensors = {}
     for name, tensor in ckpt.state_dict.items():
@@ -191,11 +221,11 @@ def save(ckpt: Checkpoint, path: Path) -> None:
             tensor = permute_to_hf(tensor, args.kv_heads)
         tensors[hf_key(name)] = tensor.contiguous()
     dtype = ckpt.state_dict["tok_embeddings.weight"].dtype
-    with atomic_path(path, is_dir=True) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_from_args(args, dtype), indent=2))
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+    with folder_writer(path, LAYOUT) as place:
+        place("config.json").write_text(json.dumps(config_from_args(args, dtype), indent=2))
+        save_file(tensors, place("model.safetensors"), metadata={"format": "pt"})
         if ckpt.tokenizer is not None:
-            ckpt.tokenizer.save(tmp / "tokenizer.model")
+            place("tokenizer.model").write_bytes(ckpt.tokenizer.to_bytes())
             tok = ckpt.tokenizer
             special = {
                 "bos_token": tok.id_to_piece(tok.bos_id),
@@ -203,4 +233,4 @@ def save(ckpt: Checkpoint, path: Path) -> None:
                 "unk_token": tok.id_to_piece(tok.unk_id),
             }
             tokenizer_config = {"tokenizer_class": "LlamaTokenizer", **special}
-            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+            place("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))

@@ -29,8 +29,9 @@ import torch
 
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
+from ..files import atomic_file, write_bytes
 from ..model import ModelArgs
-from .checkpoint import Checkpoint, atomic_path
+from .checkpoint import Checkpoint, check_file
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 V0_HEADER_BYTES = 7 * 4
@@ -200,6 +201,26 @@ def detect(path: Path) -> bool:
         return False
 
 
+def _is_tokenizer(path: Path) -> bool:
+    try:
+        Tokenizer.from_file(path)
+    except PastureError:
+        return False
+    return True
+
+
+def check_destination(path: Path, force: bool = False) -> None:
+    """The checkpoint is ``path`` and its tokenizer ``path.with_suffix(".model")``: each that
+    exists must be of its kind (a llama2.c file, a SentencePiece model) unless ``force``."""
+    if path.suffix == ".model":
+        raise PastureError(
+            f"{path}: a llama2.c checkpoint named .model would collide with its tokenizer "
+            "(written beside it as NAME.model); name it NAME.bin"
+        )
+    check_file(path, "llama2.c", detect, force)
+    check_file(path.with_suffix(".model"), "SentencePiece tokenizer", _is_tokenizer, force)
+
+
 def load(path: Path) -> Checkpoint:
     header = read_header(path)
     data = np.memmap(path, dtype="<f4", mode="r", offset=header.header_bytes)
@@ -241,15 +262,19 @@ def rope_tables(head_dim: int, seq_len: int, theta: float = ROPE_THETA) -> tuple
     return torch.cos(angles), torch.sin(angles)
 
 
-def save(ckpt: Checkpoint, path: Path, version: int = 1) -> None:
+def save(ckpt: Checkpoint, path: Path, version: int = 1, force: bool = False) -> None:
     """Write a float32 llama2.c checkpoint (v1 by default, v0 with ``version=0``).
 
-    A tokenizer, if any, is written beside it as ``path.with_suffix(".model")``.
+    A tokenizer, if any, is written beside it as ``path.with_suffix(".model")``. Without one, a
+    ``.model`` left there by the checkpoint this replaces is removed (it would be read as this
+    model's tokenizer); so is any ``.model`` there with ``force``.
     """
     if version not in (0, 1):
         raise PastureError(
             f"{path}: llama2.c version {version} cannot be written; choose version 0 or 1"
         )
+    check_destination(path, force)
+    replaces_checkpoint = detect(path)
     ckpt.validate()
     args = ckpt.args
     if args.rope_theta != ROPE_THETA:
@@ -275,14 +300,16 @@ def save(ckpt: Checkpoint, path: Path, version: int = 1) -> None:
     )
     cos, sin = rope_tables(args.head_dim, args.max_seq_len)
     tensors = {**ckpt.state_dict, "freq_cis_real": cos, "freq_cis_imag": sin}
-    with atomic_path(path, is_dir=False) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(_header_bytes(header))
         for name, _ in header.tensor_shapes():
             tensor = tensors[name].detach().to("cpu", torch.float32).contiguous()
             tensor.numpy().astype("<f4", copy=False).tofile(f)
+    sidecar = path.with_suffix(".model")
     if ckpt.tokenizer is not None:
-        with atomic_path(path.with_suffix(".model"), is_dir=False) as tmp:
-            tmp.write_bytes(ckpt.tokenizer.to_bytes())
+        write_bytes(sidecar, ckpt.tokenizer.to_bytes())
+    elif replaces_checkpoint or force:
+        sidecar.unlink(missing_ok=True)
 
 
 def _header_bytes(h: Header) -> bytes:

@@ -17,7 +17,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..model import ModelArgs
-from .checkpoint import Checkpoint, atomic_path
+from .checkpoint import Checkpoint, FolderLayout, check_folder, folder_writer
 
 _COLUMN_SPLIT = re.compile(r"(attention\.wo|feed_forward\.w2|tok_embeddings)\.weight$")
 _REPLICATED = re.compile(r"norm\.weight$")
@@ -38,6 +38,25 @@ _PARAM_KEYS = {
 
 def detect(path: Path) -> bool:
     return path.is_dir() and (path / "params.json").is_file()
+
+
+def _is_params(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+
+
+LAYOUT = FolderLayout(
+    "Meta",
+    "params.json",
+    re.compile(r"params\.json|consolidated\.\d+\.pth|tokenizer\.model"),
+    _is_params,
+)
+
+
+def check_destination(path: Path, force: bool = False) -> None:
+    check_folder(path, LAYOUT, force)
 
 
 def shard_dim(key: str) -> int | None:
@@ -152,21 +171,26 @@ def _params_for(args: ModelArgs) -> dict:
     return params
 
 
-def save(ckpt: Checkpoint, path: Path, shards: int = 1) -> None:
-    """Write ``path/params.json``, ``consolidated.00.pth`` … and ``tokenizer.model``."""
+def save(ckpt: Checkpoint, path: Path, shards: int = 1, force: bool = False) -> None:
+    """Write ``path/params.json``, ``consolidated.00.pth`` … and ``tokenizer.model``.
+
+    An existing folder must be a Pasture Meta checkpoint, or ``force`` given; either way only
+    the files in ``LAYOUT`` are replaced (see ``check_folder``).
+    """
+    check_destination(path, force)
     if ckpt.args.tie_embeddings:
         # Meta's format has no tied classifier: write the shared matrix twice.
         state = {**ckpt.state_dict, "output.weight": ckpt.state_dict["tok_embeddings.weight"]}
     else:
         state = dict(ckpt.state_dict)
     params = _params_for(ckpt.args)
-    with atomic_path(path, is_dir=True) as tmp:
-        (tmp / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-        try:
-            parts = split_shards(state, shards)
-        except ValueError as e:
-            raise PastureError(f"{path}: {e}") from None
+    try:
+        parts = split_shards(state, shards)
+    except ValueError as e:
+        raise PastureError(f"{path}: {e}") from None
+    with folder_writer(path, LAYOUT) as place:
+        place("params.json").write_text(json.dumps(params, indent=2) + "\n")
         for rank, shard in enumerate(parts):
-            torch.save(shard, tmp / f"consolidated.{rank:02d}.pth")
+            torch.save(shard, place(f"consolidated.{rank:02d}.pth"))
         if ckpt.tokenizer is not None:
-            ckpt.tokenizer.save(tmp / "tokenizer.model")
+            place("tokenizer.model").write_bytes(ckpt.tokenizer.to_bytes())
