@@ -3,7 +3,12 @@ sandbox (reference solutions pass, wrong ones fail) and the task wired to the mo
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,6 +202,59 @@ def test_mbpp_task_on_the_contract(mbpp_records: dict, eval_data: Path) -> None:
     assert result.metrics == {"pass@1": 0.5}  # one sample: no temperature-0.8 run
     assert {r.stop for r in model.requests} == {("[DONE]",)}
     assert len(model.requests) == 4
+
+
+NO_LANDLOCK = """\
+import json, sys
+from pathlib import Path
+from pasture.eval import sandbox
+from pasture.eval.task import EvalSettings, TaskUnavailable
+from pasture.eval.tasks import code
+
+# A kernel or container without Landlock: its system calls fail with ENOSYS, for real.
+libc = sandbox._libc()
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # no_new_privs, which seccomp needs
+assert sandbox._seccomp(libc, ["landlock_create_ruleset"], errno=38)
+
+
+class Solver:
+    def generate_until(self, requests):
+        return ["    return 0\\n" for _ in requests]
+
+
+report = {}
+settings = EvalSettings(data_dir=Path(sys.argv[1]), limit=1, samples=1)
+try:
+    code.run_humaneval(Solver(), settings)
+except TaskUnavailable as e:
+    report["refused"] = str(e)
+allowed = EvalSettings(data_dir=Path(sys.argv[1]), limit=1, samples=1, allow_uncontained_code=True)
+report["notes"] = code.run_humaneval(Solver(), allowed).notes
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="dropping CAP_SYS_ADMIN needs root and setpriv (util-linux)",
+)
+def test_code_tasks_refuse_a_sandbox_that_cannot_contain_writes(eval_data: Path) -> None:
+    """Root without CAP_SYS_ADMIN and without Landlock: generated code could write anywhere
+    world-writable, so code tasks refuse unless the user opts in by name."""
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", "-sys_admin", sys.executable, "-c", NO_LANDLOCK]
+        + [str(eval_data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    refused = report["refused"]
+    assert refused.startswith("humaneval: refused: ") and "\n" not in refused
+    assert "writes outside its working directory" in refused and "the network" not in refused
+    assert "--allow-uncontained-code" in refused
+    assert "NOT CONTAINED: writes outside" in report["notes"]
 
 
 def test_tasks_are_listed() -> None:

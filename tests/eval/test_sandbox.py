@@ -7,6 +7,7 @@ what the layers that held promise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,8 +20,6 @@ from pathlib import Path
 import pytest
 
 from pasture.eval.sandbox import (
-    NETWORK_GUARD,
-    PYTHON,
     UID_BASE,
     Limits,
     run_program,
@@ -71,6 +70,30 @@ def test_correct_program_passes_and_wrong_one_fails() -> None:
     assert "AssertionError" in failed.stderr
     syntax = run_program("def f(:\n", FAST)
     assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "import os\nos._exit(0)\nassert False\n",
+        "import sys\nsys.exit(0)\nassert False\n",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        # a forged end marker, on every stream and every descriptor it can write
+        "import os\nfor fd in range(1, 256):\n    try:\n        os.write(fd, b'end 0\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n",
+    ],
+    ids=["os._exit", "sys.exit", "sigkill", "forged-marker"],
+)
+def test_a_program_that_ends_before_its_tests_does_not_pass(program: str) -> None:
+    result = run_program(program, FAST)
+    assert result.status == "failed", result
+
+
+def test_printing_an_error_name_does_not_change_the_status() -> None:
+    printed = "import sys\nprint('MemoryError: out of memory', file=sys.stderr)\n"
+    assert run_program(printed, FAST).status == "passed"
+    assert run_program(printed + "assert False\n", FAST).status == "failed"
+    assert run_program("x = bytearray(1 << 40)\n", FAST).status == "memory"  # a real one
 
 
 def test_layers_that_hold_as_root() -> None:
@@ -164,19 +187,81 @@ def test_sockets_reach_nothing(listener: socket.socket) -> None:
     assert_no_connection(listener)
 
 
-def test_network_guard_of_the_unprivileged_fallback(
-    listener: socket.socket, tmp_path: Path
-) -> None:
-    """Without namespaces an audit hook refuses every socket; run it directly here."""
-    port = listener.getsockname()[1]
-    (tmp_path / "program.py").write_text(
-        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-    )
+# Root without CAP_SYS_ADMIN, as in Docker's default profile: no namespaces, so the sandbox
+# falls back to what needs no privilege. setpriv drops the capability for real.
+WITHOUT_SYS_ADMIN = ["setpriv", "--bounding-set", "-sys_admin"]
+needs_root_and_setpriv = pytest.mark.skipif(
+    not ROOT or shutil.which("setpriv") is None,
+    reason="dropping CAP_SYS_ADMIN needs root and setpriv (util-linux)",
+)
+
+
+def run_without_sys_admin(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter that lacks CAP_SYS_ADMIN; it prints JSON last."""
+    import sys
+
     done = subprocess.run(
-        [PYTHON, "-I", "-S", "-c", NETWORK_GUARD], cwd=tmp_path, capture_output=True, text=True
+        [*WITHOUT_SYS_ADMIN, sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert done.returncode != 0
-    assert "network access is disabled in the sandbox" in done.stderr
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+ESCAPES = """\
+import ctypes, os, socket
+port, stamp = {port}, {stamp!r}
+escaped = []
+def attempt(what, action):
+    try:
+        if action() is False:  # a libc call that returned -1
+            raise OSError(ctypes.get_errno(), what)
+        escaped.append(what)
+    except OSError:
+        pass
+libc = ctypes.CDLL(None, use_errno=True)
+attempt("socket", lambda: socket.create_connection(("127.0.0.1", port), timeout=1))
+attempt("ctypes socket", lambda: libc.socket(2, 1, 0) >= 0)
+for folder in ("/tmp", "/var/tmp", "/dev/shm"):
+    path = os.path.join(folder, stamp)
+    attempt("file in " + folder, lambda: open(path, "w").write("left behind"))
+    attempt("ctypes file in " + folder, lambda: libc.open((path + ".c").encode(), 65, 384) >= 0)
+    attempt("dir in " + folder, lambda: os.mkdir(path + ".d"))
+    attempt("fifo in " + folder, lambda: os.mkfifo(path + ".fifo"))
+    attempt("link in " + folder, lambda: os.symlink("/etc/passwd", path + ".link"))
+open("scratch.txt", "w").write("its own working directory stays writable")
+os.remove("scratch.txt")
+if escaped:
+    raise SystemExit("escaped: " + ", ".join(escaped))
+"""
+FALLBACK_RUN = """\
+import json, sys
+from pasture.eval.sandbox import Limits, run_program, uncontained
+result = run_program(sys.argv[1], Limits(timeout_s=10))
+print(json.dumps({"status": result.status, "stderr": result.stderr, "layers": result.layers,
+                  "uncontained": uncontained(result.layers)}))
+"""
+
+
+@needs_root_and_setpriv
+def test_fallback_without_cap_sys_admin_contains_network_and_writes(
+    listener: socket.socket,
+) -> None:
+    stamp = f"pasture-escape-{os.getpid()}-{time.monotonic_ns()}"
+    program = ESCAPES.format(port=listener.getsockname()[1], stamp=stamp)
+    try:
+        report = json.loads(run_without_sys_admin(FALLBACK_RUN, program).stdout)
+    finally:
+        left = [p for d in ("/tmp", "/var/tmp", "/dev/shm") for p in Path(d).glob(stamp + "*")]
+        for path in left:
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    assert "network-namespace" not in report["layers"]  # really the fallback
+    assert {"own-uid", "landlock-writes", "seccomp-no-sockets"} <= set(report["layers"])
+    assert report["uncontained"] == []
+    assert report["status"] == "passed", report["stderr"]  # every attempt was refused
+    assert left == []
     assert_no_connection(listener)
 
 

@@ -7,11 +7,17 @@ sandbox: one fresh process per program, killed at its limits, cleaned up afterwa
     >>> [r.status for r in run_programs(["assert False", "while True: pass"], Limits(timeout_s=2))]
     ['failed', 'timeout']
 
-A program passes when it exits with status 0. Each runs as ``python -I -S program.py`` (isolated
-mode: no PYTHON* variables, no user or site packages, so it sees the standard library only) with
-stdin and stdout on /dev/null, stderr in a size-limited file, and an environment of PATH, HOME,
-LANG and TMPDIR only. The process is started by this same file run as a script (the
-"trampoline"), which puts the limits in place and then replaces itself with the program.
+A program passes only when every statement of it ran (the benchmark's tests come last) and it
+then exited with status 0. The sandbox's own runner executes it and, after its last statement,
+writes an end marker carrying a random token to a pipe; the token waits unread in another pipe
+until then. So ``os._exit(0)`` or ``sys.exit(0)`` before the tests fails, and nothing a program
+prints changes its status: "memory" means the runner caught a MemoryError itself. (A program
+written to attack the harness could find both pipes among its own descriptors; see RUNNER.)
+Each runs as ``python -I -S`` (isolated mode: no PYTHON* variables, no user or site packages, so
+it sees the standard library only) with stdin and stdout on /dev/null, stderr in a size-limited
+file, and an environment of PATH, HOME, LANG and TMPDIR only. The process is started by this
+same file run as a script (the "trampoline"), which puts the limits in place and then replaces
+itself with the runner.
 
 How each threat is contained when the harness runs as root (a GPU box, a container):
 
@@ -37,28 +43,45 @@ How each threat is contained when the harness runs as root (a GPU box, a contain
 * Memory: RLIMIT_AS per process (so at most ``max_processes`` × ``memory_bytes`` in all);
   file size: RLIMIT_FSIZE; core dumps off; open files: RLIMIT_NOFILE.
 
+Everywhere, where the kernel allows (no privilege needed, so also in containers): Landlock
+lets the program create, change or remove files only in its working directory (and write
+/dev/null), and, with Landlock ABI 6, send signals or reach abstract unix sockets only inside the
+sandbox; a seccomp filter makes ``socket()`` and ``io_uring_setup()`` fail (``socketpair()``
+stays: a local pair reaches nothing), whichever way they are called, ctypes included.
+
 Root without CAP_SYS_ADMIN (Docker's default profile): no namespaces, so the program sees the
-host's filesystem with its own uid's rights (it can write world-writable places such as /tmp,
-and what it leaves there stays) and works in a host temporary directory; network access is
-refused by an audit hook (below). The uid, the rlimits and the kill by uid hold as above.
+host's filesystem with its own uid's rights and works in a host temporary directory (removed
+afterwards); Landlock and seccomp (above) keep it from the network and from writing anywhere
+else. The uid, the rlimits and the kill by uid hold as above. A Python installation the sandbox
+uid cannot reach (pyenv under a 0700 /root) cannot be revealed without a mount namespace, so
+the programs then run on the system's ``/usr/bin/python3``.
 
 Not root: the same rlimits (RLIMIT_NPROC then counts every process of the user, so the limit is
 set to what the user already runs plus ``max_processes``); a user namespace brings the network,
 IPC and mount namespaces and the read-only view where the kernel allows unprivileged user
-namespaces; else network access is refused by an audit hook (``sys.addaudithook``: a program
-can get around it with ctypes) and the working directory is a host temporary directory. Only
-the process group is killed at the end, so a child that called setsid() survives.
+namespaces; else Landlock and seccomp as above, and the working directory is a host temporary
+directory. Only the process group is killed at the end, so a child that called setsid()
+survives.
+
+``uncontained(layers)`` says what a program could still reach: the network unless a network
+namespace or the seccomp filter held, writes outside its working directory unless the
+read-only view or Landlock held. Code tasks refuse to run where either is missing unless the
+user passes ``allow_uncontained_code`` (``--allow-uncontained-code``).
 
 Every result lists the layers that held (``layers``); ``containment()`` measures them once.
 Not contained anywhere: reading world-readable files, the process list in /proc (no PID
-namespace), and CPU time and total memory shared with the host (there is no cgroup).
+namespace), and CPU time and total memory shared with the host (there is no cgroup). Without a
+mount namespace, the total size of the working directory is not capped (each file is, by
+RLIMIT_FSIZE).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -71,10 +94,10 @@ from pathlib import Path
 UID_BASE = 1_950_000_000  # far above any login uid; UID_SLOTS uids from here are the sandbox's
 UID_SLOTS = 1024
 STATUSES = ("passed", "failed", "timeout", "memory", "error")
-MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory")
 PROGRAM = "program.py"
 # The interpreter the programs run on: the base installation, not a virtualenv (-S ignores it).
 PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")  # where PYTHON is out of reach
 
 
 @dataclass(frozen=True)
@@ -122,8 +145,18 @@ def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
             "limits": asdict(limits),
             "reveal": sorted({sys.base_prefix, sys.base_exec_prefix, os.path.dirname(PYTHON)}),
         }
-        status_read, status_write = os.pipe()
-        config["status_fd"] = status_write
+        status_read, status_write = os.pipe()  # the trampoline's report, closed by exec
+        marker_read, marker_write = os.pipe()  # the runner's end marker, after the tests
+        token_read, token_write = os.pipe()  # the marker's secret, read only after the tests
+        token = secrets.token_hex(16)
+        os.write(token_write, token.encode())
+        os.close(token_write)
+        os.set_blocking(marker_read, False)  # an escaped child may hold the write end open
+        config["status_fd"], config["marker_fd"], config["token_fd"] = (
+            status_write,
+            marker_write,
+            token_read,
+        )
         killed = False
         with open(host / "stderr.txt", "wb") as stderr:
             try:
@@ -135,13 +168,15 @@ def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
                     env=_environment(str(workdir)),
                     cwd=host,
                     start_new_session=True,
-                    pass_fds=(status_write,),
+                    pass_fds=(status_write, marker_write, token_read),
                 )
             except OSError as e:  # e.g. no process slot left on the host
                 os.close(status_read)
+                os.close(marker_read)
                 return SandboxResult("error", f"cannot start: {e}", None, 0.0)
             finally:
-                os.close(status_write)
+                for fd in (status_write, marker_write, token_read):
+                    os.close(fd)
             try:
                 returncode = process.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
@@ -150,6 +185,7 @@ def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
                 returncode = process.wait()
         _kill_group(process.pid)
         message = _read_all(status_read)
+        ending = _read_available(marker_read)
         tail = _tail(host / "stderr.txt", limits.stderr_chars)
     elapsed = time.monotonic() - start
     layers: tuple[str, ...] = ()
@@ -158,7 +194,7 @@ def run_program(program: str, limits: Limits | None = None) -> SandboxResult:
             layers = tuple(line.split()[1].split(","))
         elif line.startswith("error "):
             return SandboxResult("error", line[len("error ") :], returncode, elapsed, layers)
-    status = _classify(returncode, killed, elapsed, tail, limits)
+    status = _classify(returncode, killed, elapsed, _ending(ending, token), limits)
     return SandboxResult(status, tail, returncode, elapsed, layers)
 
 
@@ -181,12 +217,25 @@ def containment() -> tuple[str, ...]:
     return result.layers
 
 
-def _classify(returncode: int, killed: bool, elapsed: float, stderr: str, limits: Limits) -> str:
+def _ending(lines: str, token: str) -> str | None:
+    """How the runner saw the program end: "end" (every statement ran, tests included), the
+    name of the exception that stopped it, or None (it never got there: os._exit, a signal).
+    Only lines carrying this run's token count; the program never sees the token."""
+    endings = [line.split()[:-1] for line in lines.splitlines() if line.endswith(" " + token)]
+    if ["end"] in endings:
+        return "end"
+    raised = [e[1] for e in endings if len(e) == 2 and e[0] == "raised"]
+    return raised[0] if raised else None
+
+
+def _classify(
+    returncode: int, killed: bool, elapsed: float, ending: str | None, limits: Limits
+) -> str:
     if killed or returncode == -signal.SIGXCPU:
         return "timeout"
-    if returncode == 0:
+    if ending == "end" and returncode == 0:
         return "passed"
-    if any(marker in stderr for marker in MEMORY_MARKERS):
+    if ending == "MemoryError":
         return "memory"
     if returncode == -signal.SIGKILL and elapsed >= (limits.cpu_s or limits.timeout_s):
         return "timeout"  # the hard CPU limit
@@ -205,9 +254,19 @@ def _environment(workdir: str) -> dict[str, str]:
 
 
 def _read_all(fd: int) -> str:
-    chunks = []
     with os.fdopen(fd, "rb") as f:
-        chunks.append(f.read())
+        return f.read().decode("utf-8", "replace")
+
+
+def _read_available(fd: int, most: int = 1 << 16) -> str:
+    """What is in a non-blocking pipe now; the writers may still hold it open."""
+    chunks = []
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        while sum(map(len, chunks)) < most:
+            chunk = f.read(most)
+            if not chunk:  # None: empty for now; b"": closed
+                break
+            chunks.append(chunk)
     return b"".join(chunks).decode("utf-8", "replace")
 
 
@@ -315,15 +374,26 @@ CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
-NETWORK_GUARD = """\
-import sys
-def _no_network(event, args):
-    if event.startswith("socket."):
-        raise PermissionError("network access is disabled in the sandbox")
-sys.addaudithook(_no_network)
-del _no_network
-import runpy
-runpy.run_path("program.py", run_name="__main__")
+# Runs in the sandboxed interpreter: the program, then (only if every statement ran, the
+# benchmark's tests last) "end TOKEN" on the marker pipe. The token waits unread in its own pipe
+# until then, so an early os._exit(0), sys.exit(0) or a forged line on stdout/stderr never
+# passes. A program written to attack the harness can still find both pipes among its own open
+# files: this stops accidents and cheap tricks, not a targeted forgery.
+RUNNER = """\
+import os, sys
+_marker, _token = int(sys.argv[1]), int(sys.argv[2])
+sys.argv[:] = ["program.py"]
+def _end(outcome):
+    os.write(_marker, outcome + b" " + os.read(_token, 64) + b"\\n")
+try:
+    import runpy
+    runpy.run_path("program.py", run_name="__main__")
+except BaseException as _e:
+    _end(b"raised " + type(_e).__name__.encode())
+    import traceback
+    traceback.print_exc()
+    os._exit(1)
+_end(b"end")
 """
 
 
@@ -423,6 +493,102 @@ def _reveal(libc, paths: list[str]) -> None:
         _mount(libc, None, ancestor, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
 
 
+# -- seccomp and Landlock: need no privilege (only no_new_privs), so they hold in containers
+# without CAP_SYS_ADMIN too
+
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+SYSCALLS = {  # the generic table (aarch64) differs from x86_64's for the old calls
+    "x86_64": {"socket": 41, "io_uring_setup": 425, "landlock_create_ruleset": 444},
+    "aarch64": {"socket": 198, "io_uring_setup": 425, "landlock_create_ruleset": 444},
+}
+# io_uring can open and connect sockets itself (IORING_OP_SOCKET); socketpair() stays allowed:
+# an unconnected local pair reaches nothing.
+SOCKET_SYSCALLS = ("socket", "io_uring_setup")
+LANDLOCK_WRITES = (  # LANDLOCK_ACCESS_FS_* that create, change or remove, by ABI version
+    (1, sum(1 << bit for bit in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12))),  # WRITE_FILE, REMOVE_*, MAKE_*
+    (2, 1 << 13),  # REFER: rename or link across directories
+    (3, 1 << 14),  # TRUNCATE
+)
+LANDLOCK_FILE_WRITES = (1 << 1) | (1 << 14)  # WRITE_FILE, TRUNCATE: what a file rule may hold
+LANDLOCK_SCOPES = (6, (1 << 0) | (1 << 1))  # abstract unix sockets and signals outside
+
+
+def _seccomp(libc, names: Sequence[str], errno: int = 1) -> bool:
+    """Make the named system calls fail with ``errno`` (EPERM) for this process and whatever it
+    executes; calls of another ABI (x32, i386 on x86_64) fail likewise, since their numbers
+    differ. False where the machine or kernel doesn't allow it."""
+    import ctypes
+
+    machine = os.uname().machine
+    if machine not in AUDIT_ARCH:
+        return False
+    numbers = [SYSCALLS[machine][name] for name in names]
+    deny, allow = 0x00050000 | errno, 0x7FFF0000  # SECCOMP_RET_ERRNO | errno, SECCOMP_RET_ALLOW
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K
+    checks = [(jge, 0x40000000)] if machine == "x86_64" else []  # the x32 ABI's bit
+    checks += [(jeq, n) for n in numbers]
+    to_deny = len(checks) + 1  # instructions from the one after a check to the deny
+    program = [(load, 0, 0, 4), (jeq, 0, len(checks) + 2, AUDIT_ARCH[machine]), (load, 0, 0, 0)]
+    program += [(op, to_deny - i - 1, 0, k) for i, (op, k) in enumerate(checks)]
+    program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    filters = ctypes.create_string_buffer(code)
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(filters))  # struct sock_fprog
+    zero = ctypes.c_ulong(0)
+    # prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog)
+    return libc.prctl(22, ctypes.c_ulong(2), fprog, zero, zero) == 0
+
+
+def _landlock(libc, workdir: str) -> list[str]:
+    """Landlock: from now on this process and what it executes may create, change or remove
+    files only under ``workdir`` (and write /dev/null); where the kernel has ABI 6, signals and
+    abstract unix sockets stop at the sandbox too. [] where Landlock is absent or refused."""
+    import ctypes
+
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    number = SYSCALLS.get(os.uname().machine, {}).get("landlock_create_ruleset")
+    if number is None:
+        return []
+    abi = syscall(ctypes.c_long(number), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    if abi < 1:
+        return []
+    handled = sum(bits for version, bits in LANDLOCK_WRITES if abi >= version)
+    scoped = LANDLOCK_SCOPES[1] if abi >= LANDLOCK_SCOPES[0] else 0
+    attr = struct.pack("=QQQ", handled, 0, scoped) if scoped else struct.pack("=Q", handled)
+    ruleset = syscall(ctypes.c_long(number), attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        return []
+    try:
+        for path, allowed in [(workdir, handled), ("/dev/null", handled & LANDLOCK_FILE_WRITES)]:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = struct.pack("=Qi", allowed, fd)  # landlock_path_beneath_attr, packed
+                # landlock_add_rule(ruleset, LANDLOCK_RULE_PATH_BENEATH, &rule, 0)
+                if syscall(ctypes.c_long(number + 1), ctypes.c_int(ruleset), 1, rule, 0) != 0:
+                    return []
+            finally:
+                os.close(fd)
+        if syscall(ctypes.c_long(number + 2), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            return []  # landlock_restrict_self
+    finally:
+        os.close(ruleset)
+    return ["landlock-writes"] + (["landlock-signals"] if scoped else [])
+
+
+def uncontained(layers: Sequence[str]) -> list[str]:
+    """What a program run with these layers can reach on the host: [] when network access and
+    writes outside its working directory are both contained."""
+    missing = []
+    if not {"network-namespace", "seccomp-no-sockets"} & set(layers):
+        missing.append("the network")
+    if "landlock-writes" not in layers and not {"private-tmpfs", "read-only-filesystem"} <= set(
+        layers
+    ):
+        missing.append("writes outside its working directory (/tmp, /var/tmp, /dev/shm, ...)")
+    return missing
+
+
 def _set_limits(limits: dict, uid: int | None) -> None:
     import math
     import resource
@@ -481,12 +647,27 @@ def _enter(config: dict) -> tuple[list[str], list[str], str]:
         layers.append("own-uid")
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(no_new_privs)")
     layers.append("no-new-privs")
-    if namespaces:
-        argv = [PYTHON, "-I", "-S", PROGRAM]
-    else:
-        argv = [PYTHON, "-I", "-S", "-c", NETWORK_GUARD]
-        layers.append("network-audit-hook")
+    layers += _landlock(libc, workdir)
+    if _seccomp(libc, SOCKET_SYSCALLS):
+        layers.append("seccomp-no-sockets")
+    python = _interpreter(config["reveal"])
+    argv = [python, "-I", "-S", "-c", RUNNER, str(config["marker_fd"]), str(config["token_fd"])]
     return layers, argv, workdir
+
+
+def _interpreter(installation: list[str]) -> str:
+    """The harness's own interpreter if this (sandbox) uid can reach it and its library, else
+    the system's python3: without a mount namespace nothing can reveal e.g. a pyenv under a
+    0700 /root."""
+    if all(os.access(path, os.X_OK) for path in [PYTHON, *installation]):
+        return PYTHON
+    for candidate in SYSTEM_PYTHONS:
+        if os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
+    raise PermissionError(
+        f"the sandbox uid can reach neither {PYTHON} nor a system python3 "
+        f"({', '.join(SYSTEM_PYTHONS)})"
+    )
 
 
 def _trampoline(config: dict) -> None:

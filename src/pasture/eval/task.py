@@ -36,6 +36,9 @@ class EvalSettings:
     # RealToxicityPrompts' scorer; None: the environment's (PASTURE_PERSPECTIVE_KEY or
     # PASTURE_TOXICITY_COMMAND), see pasture.eval.toxicity
     toxicity_scorer: ToxicityScorer | None = None
+    # run model-written programs even where the sandbox cannot keep them from the network or
+    # from writing outside their working directory (see pasture.eval.sandbox)
+    allow_uncontained_code: bool = False
 
 
 @dataclass
@@ -74,6 +77,11 @@ class Task:
 
 class TaskDataError(PastureError):
     """A task's file is missing or one of its records is malformed."""
+
+
+class TaskUnavailable(PastureError):
+    """A task cannot run here for a reason outside its data (no toxicity scorer configured, a
+    sandbox that cannot contain code): skipped under ``--tasks paper``, an error when named."""
 
 
 def task_file(settings: EvalSettings, relative: str) -> Path:

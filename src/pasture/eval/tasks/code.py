@@ -43,13 +43,14 @@ from typing import Any
 
 from ...errors import PastureError
 from ..lm import GenerationRequest, LanguageModel, Sampling
-from ..sandbox import Limits, SandboxResult, containment, run_programs
+from ..sandbox import Limits, SandboxResult, containment, run_programs, uncontained
 from ..scoring import bootstrap_stderr, mean
 from ..task import (
     EvalSettings,
     Task,
     TaskDataError,
     TaskResult,
+    TaskUnavailable,
     field_of,
     limited,
     read_jsonl,
@@ -246,6 +247,14 @@ def code_task_result(
         layers = containment()  # fail here, before generating, rather than score every program 0
     except RuntimeError as e:
         raise PastureError(f"{name}: {e}") from None
+    reach = uncontained(layers)
+    if reach and not settings.allow_uncontained_code:
+        raise TaskUnavailable(
+            f"{name}: refused: the sandbox here cannot keep model-written programs from "
+            f"{' or '.join(reach)} (it holds: {', '.join(layers)}; containing them needs root "
+            "with CAP_SYS_ADMIN, unprivileged user namespaces, or Landlock and seccomp); "
+            "--allow-uncontained-code runs them anyway, with that access to this machine"
+        )
     n = settings.samples or DEFAULT_SAMPLES
     problems = limited(problems, settings)
     runs = {PASS1_TEMPERATURE: [1]}
@@ -275,6 +284,7 @@ def code_task_result(
         + (f" and {PASSK_TEMPERATURE} (pass@k)" if n > 1 else "")
         + f", top-p {TOP_P}; programs: {dict(sorted(statuses.items()))};"
         + f" sandbox: {', '.join(layers)}"
+        + (f"; NOT CONTAINED: {', '.join(reach)} (--allow-uncontained-code)" if reach else "")
     )
     return TaskResult(name, "pass@1", metrics, stderr, records, shots, notes)
 
