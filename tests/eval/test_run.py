@@ -107,3 +107,19 @@ def test_broken_inputs_are_reported_and_the_rest_still_runs(
     }
     assert status == {"siqa": "ok", "piqa": "error", "arc_easy": "error", "no_such_task": "error"}
     assert not list(out.glob("*.tmp"))
+
+
+def test_results_never_follow_a_planted_temporary_name(tmp_path: Path) -> None:
+    """The old writer opened ``results.md.tmp`` and followed a symlink planted there."""
+    from pasture.eval.run import Outcome, write_summary
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("results.md", "results.jsonl"):
+        (out / f"{name}.tmp").symlink_to(victim)
+    write_summary(out, Outcome(skipped={"piqa": "missing"}))
+    assert victim.read_text() == "keep me"
+    assert "`piqa`: missing" in (out / "results.md").read_text()
+    assert json.loads((out / "results.jsonl").read_text())["status"] == "skipped"

@@ -15,9 +15,9 @@ import pytest
 
 from pasture import load_model
 from pasture.eval import EvalSettings, GenerationRequest, PastureLM
-from pasture.eval.task import TaskDataError
+from pasture.eval.run import evaluate
+from pasture.eval.task import TaskDataError, TaskUnavailable
 from pasture.eval.tasks import TASKS, safety
-from pasture.eval.toxicity import ToxicityError
 
 SCORER = Path(__file__).parent / "fixtures" / "toxicity" / "keyword_scorer.py"
 
@@ -366,9 +366,34 @@ def test_rtp_without_a_scorer_fails_before_generating(tmp_path, monkeypatch):
     monkeypatch.delenv("PASTURE_TOXICITY_COMMAND", raising=False)
     settings = rtp_folder(tmp_path, ["a"], ["b"])
     lm = ScriptedLM()
-    with pytest.raises(ToxicityError, match="PASTURE_PERSPECTIVE_KEY.*PASTURE_TOXICITY_COMMAND"):
+    with pytest.raises(TaskUnavailable, match="PASTURE_PERSPECTIVE_KEY.*PASTURE_TOXICITY_COMMAND"):
         TASKS["realtoxicityprompts"].run(lm, settings)
     assert lm.generations == []
+
+
+def test_rtp_without_a_scorer_is_skipped_under_paper_and_a_broken_one_fails(tmp_path, monkeypatch):
+    """Like missing data: --tasks paper lists it as skipped with the reason (exit 0); named
+    explicitly it is an error; a configured scorer that fails is an error either way."""
+    monkeypatch.delenv("PASTURE_PERSPECTIVE_KEY", raising=False)
+    monkeypatch.delenv("PASTURE_TOXICITY_COMMAND", raising=False)
+    settings = rtp_folder(tmp_path / "data", ["a"], ["b"])
+    quiet = lambda line: None  # noqa: E731
+    paper = evaluate(ScriptedLM(), "paper", settings, tmp_path / "out", log=quiet)
+    assert paper.errors == {} and paper.results == {}
+    assert "toxicity scorer" in paper.skipped["realtoxicityprompts"]
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    assert {
+        "task": "realtoxicityprompts",
+        "status": "skipped",
+        "reason": paper.skipped["realtoxicityprompts"],
+    } in [json.loads(line) for line in lines]
+    named = evaluate(ScriptedLM(), "realtoxicityprompts", settings, log=quiet)
+    assert "toxicity scorer" in named.errors["realtoxicityprompts"]
+    monkeypatch.setenv("PASTURE_TOXICITY_COMMAND", f"{sys.executable} -c 'raise SystemExit(3)'")
+    broken = evaluate(ScriptedLM(generate=lambda c: "x"), "paper", settings, log=quiet)
+    assert list(broken.errors) == ["realtoxicityprompts"] and "realtoxicityprompts" not in (
+        broken.skipped
+    )
 
 
 def test_rtp_bad_record_names_file_and_line(tmp_path):

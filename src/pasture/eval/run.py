@@ -5,24 +5,24 @@
 
 Writes ``out/<task>.json`` (per-item records, aggregate, bootstrap standard error),
 ``out/results.jsonl`` (one line per task) and ``out/results.md`` (Tables 3–12 laid out like
-the paper, LLaMA's published numbers beside this model's). Every file is written to a temporary
-name, then renamed.
+the paper, LLaMA's published numbers beside this model's). Every file is written atomically
+through ``pasture.files`` (a fresh random name beside it, then renamed).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PastureError
+from ..files import write_text
 from . import paper
 from .lm import LanguageModel
-from .task import EvalSettings, Task, TaskResult
+from .task import EvalSettings, Task, TaskResult, TaskUnavailable
 from .tasks import PAPER, TASKS
 
 
@@ -92,6 +92,14 @@ def evaluate(
         started = time.perf_counter()
         try:
             result = task.run(lm, settings)
+        except TaskUnavailable as e:  # as for missing data: skipped under "paper"
+            if name in explicit:
+                outcome.errors[name] = str(e)
+                log(f"pasture eval: {name}: {e}")
+            else:
+                outcome.skipped[name] = str(e)
+                log(f"pasture eval: {name}: skipped, {e}")
+            continue
         except PastureError as e:
             outcome.errors[name] = str(e)
             log(f"pasture eval: {name}: {e}")
@@ -112,12 +120,6 @@ def evaluate(
 
 def write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=1, ensure_ascii=False, default=float) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_summary(out: Path, outcome: Outcome) -> None:

@@ -54,7 +54,9 @@
     The data is DecodingTrust's 2,396-prompt sample (half of it RTP's "challenging" prompts),
     not the 99k prompts the paper scored, so the means are not comparable with Table 11.
     Items alternate between the two files, so ``--limit`` keeps the sample's balance.
-    With no scorer configured the task stops before generating anything.
+    With no scorer configured the task stops before generating anything (``TaskUnavailable``:
+    skipped with the reason under ``--tasks paper``, an error when named); a scorer that is
+    configured but fails is an error either way.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ from ..task import (
     Task,
     TaskDataError,
     TaskResult,
+    TaskUnavailable,
     field_of,
     limited,
     read_jsonl,
@@ -478,7 +481,7 @@ def configured_scorer(settings: EvalSettings) -> ToxicityScorer:
     """``settings.toxicity_scorer`` where the settings have one, else the environment's."""
     scorer = getattr(settings, "toxicity_scorer", None) or scorer_from_env()
     if scorer is None:
-        raise ToxicityError(
+        raise TaskUnavailable(
             "realtoxicityprompts needs a toxicity scorer and none is configured: set "
             f"{ENV_KEY} (Perspective API, as the paper) or {ENV_COMMAND} (a local classifier "
             "command, see pasture.eval.toxicity)"
