@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -115,3 +117,24 @@ def test_meta_device_then_initialize() -> None:
     tokens = torch.arange(10)[None]
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), reference(tokens), atol=0, rtol=0)
+
+
+def test_rotary_is_the_same_function_eager_and_compiled() -> None:
+    # Eager takes one complex multiply; under torch.compile the real-arithmetic branch runs
+    # (Inductor has no complex codegen). Both must rotate Meta's interleaved pairs alike.
+    from pasture.model.llama import apply_rotary, rotary_frequencies
+
+    x = torch.randn(2, 16, 4, 8)
+    table = torch.view_as_real(rotary_frequencies(8, torch.arange(16), 10000.0)).contiguous()
+    compiled = torch.compile(apply_rotary, backend="aot_eager", fullgraph=True)
+    for freqs in (table, table[torch.randint(0, 16, (2, 16))]):  # shared, per-row positions
+        torch.testing.assert_close(compiled(x, freqs), apply_rotary(x, freqs), rtol=0, atol=1e-6)
+    pair = x[0, 3, 1, 2:4]  # pair k = 1 at position 3: a plain 2-D rotation
+    angle = 3 * 10000.0 ** (-2 / 8)
+    want = torch.tensor(
+        [
+            pair[0] * math.cos(angle) - pair[1] * math.sin(angle),
+            pair[0] * math.sin(angle) + pair[1] * math.cos(angle),
+        ]
+    )
+    torch.testing.assert_close(apply_rotary(x, table)[0, 3, 1, 2:4], want)

@@ -11,11 +11,61 @@ Pre-norm RMSNorm, SwiGLU feed-forward, rotary embeddings, no biases, causal atte
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import PastureError
+
+# Sane limits on a config, checked before anything is built: far above every released
+# LLaMA-family model (Llama 3.1 405B: dim 16,384, 126 layers, 128 heads, vocab 128,256, SwiGLU
+# 53,248; the longest contexts are about 10M positions), far below what a header that lies could
+# make Pasture allocate. Checkpoint readers also check every shape against the file's size.
+LIMITS = {
+    "dim": 2**16,
+    "n_layers": 2**12,
+    "n_heads": 2**12,
+    "n_kv_heads": 2**12,
+    "vocab_size": 2**24,
+    "multiple_of": 2**16,
+    "hidden_dim": 2**20,
+    "max_seq_len": 2**24,
+}
+
+
+class ConfigError(PastureError, ValueError):
+    """An invalid ``ModelArgs`` field: ``field`` names it, ``problem`` says what is wrong.
+
+    A ``PastureError`` (configs come from users' files) and a ``ValueError``."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _integer(name: str, value: object) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    value = operator.index(value)
+    if not 1 <= value <= LIMITS[name]:
+        raise ConfigError(name, f"must be in 1..{LIMITS[name]:,}, got {value:,}")
+    return value
+
+
+def _positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(name, f"must be a finite number above 0, got {value!r}")
+    return number
 
 
 @dataclass
@@ -34,13 +84,30 @@ class ModelArgs:
     tie_embeddings: bool = False  # the paper unties; llama2.c models tie
 
     def __post_init__(self) -> None:
+        """Types, ranges and divisibility, checked before anything is built (ConfigError)."""
+        for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len"):
+            setattr(self, name, _integer(name, getattr(self, name)))
+        for name in ("n_kv_heads", "hidden_dim"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _integer(name, getattr(self, name)))
+        for name in ("norm_eps", "rope_theta", "ffn_dim_multiplier"):
+            value = getattr(self, name)
+            if value is not None or name != "ffn_dim_multiplier":
+                setattr(self, name, _positive_number(name, value))
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError("tie_embeddings", f"must be true/false, got {self.tie_embeddings!r}")
         if self.dim % self.n_heads:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            raise ConfigError("dim", f"{self.dim} is not divisible by n_heads {self.n_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"head dim {self.head_dim} must be even for rotary embeddings")
+            raise ConfigError("dim", f"head dim {self.head_dim} must be even for rotary embeddings")
         if self.n_heads % self.kv_heads:
-            raise ValueError(
-                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}"
+            raise ConfigError(
+                "n_kv_heads", f"{self.kv_heads}: n_heads {self.n_heads} is not a multiple of it"
+            )
+        if self.ffn_hidden_dim < 1 or self.ffn_hidden_dim > LIMITS["hidden_dim"]:
+            raise ConfigError(
+                "hidden_dim",
+                f"{self.ffn_hidden_dim} (SwiGLU size) is outside 1..{LIMITS['hidden_dim']:,}",
             )
 
     @property
@@ -90,16 +157,19 @@ def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs (x[2k], x[2k+1]) of each head: Meta's interleaved convention.
 
     ``freqs_cis`` is the real view (cos, sin) of ``rotary_frequencies``: (T, D/2, 2) shared by
-    the batch, or (B, T, D/2, 2) for per-row positions. Real arithmetic, not complex: the same
-    products Meta's complex multiply does, and torch.compile generates code for it (Inductor
-    falls back to eager for complex operators).
+    the batch, or (B, T, D/2, 2) for per-row positions. Eager, one complex multiply (as Meta's
+    reference; fewest kernels); under torch.compile the same products in real arithmetic, since
+    Inductor generates no code for complex operators (it falls back to eager for them).
     """
     B, T, H, D = x.shape
-    pairs = x.float().reshape(B, T, H, D // 2, 2)
-    x_even, x_odd = pairs[..., 0], pairs[..., 1]  # (B, T, H, D/2)
+    pairs = x.float().reshape(B, T, H, D // 2, 2)  # (B, T, H, D/2, 2)
     freqs = freqs_cis.view(-1, T, 1, D // 2, 2)  # (1 or B, T, 1, D/2, 2)
-    cos, sin = freqs[..., 0], freqs[..., 1]
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    if torch.compiler.is_compiling():
+        x_even, x_odd = pairs[..., 0], pairs[..., 1]
+        cos, sin = freqs[..., 0], freqs[..., 1]
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(freqs))
     return rotated.reshape(B, T, H, D).to(x.dtype)
 
 
@@ -257,14 +327,15 @@ class Transformer(nn.Module):
                 raise ValueError(f"positions need a mask over {start_pos + T} keys")
             if int(positions.max()) >= self.args.max_seq_len:
                 raise ValueError(f"position {int(positions.max())} exceeds max_seq_len")
-            freqs_cis = self.rotary(tokens.device)[positions]  # (B, T, head_dim / 2, 2)
+            rotary = self.rotary(tokens.device, int(positions.max()) + 1)
+            freqs_cis = rotary[positions]  # (B, T, head_dim / 2, 2)
             mask = mask[:, None]  # (B, 1, T, T): the same for every head
         else:
             if start_pos + T > self.args.max_seq_len:
                 raise ValueError(
                     f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
                 )
-            freqs_cis = self.rotary(tokens.device)[start_pos : start_pos + T]
+            freqs_cis = self.rotary(tokens.device, start_pos + T)[start_pos : start_pos + T]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
             h = layer(h, freqs_cis, start_pos, mask)
@@ -313,14 +384,43 @@ class Transformer(nn.Module):
             else:
                 param.normal_(0.0, std, generator=generator)
 
-    def rotary(self, device: torch.device) -> torch.Tensor:
-        """The rotary table (max_seq_len, head_dim / 2, 2) of (cos, sin) on ``device``, computed
-        once per device."""
-        if self.freqs_cis.device != device:
-            positions = torch.arange(self.args.max_seq_len, device=device)
+    def rotary(self, device: torch.device, length: int | None = None) -> torch.Tensor:
+        """The rotary table (L, head_dim / 2, 2) of (cos, sin) on ``device`` for at least
+        ``length`` positions (default: max_seq_len).
+
+        It grows in powers of two up to max_seq_len as positions are used, so memory follows
+        the sequences actually run, not the context a config claims. Each row depends only on
+        its position: a longer table repeats the shorter one's rows exactly.
+        """
+        need = self.args.max_seq_len if length is None else min(length, self.args.max_seq_len)
+        if self.freqs_cis.device != device or self.freqs_cis.shape[0] < need:
+            rows = min(self.args.max_seq_len, 1 << max(need - 1, 0).bit_length())
+            positions = torch.arange(rows, device=device)
             table = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
             self.freqs_cis = torch.view_as_real(table).contiguous()
         return self.freqs_cis
+
+
+def state_dict_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """``Transformer(args).state_dict()``'s keys and shapes, computed without building it."""
+    d, hidden = args.dim, args.ffn_hidden_dim
+    q, kv = args.n_heads * args.head_dim, args.kv_heads * args.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (args.vocab_size, d)}
+    for i in range(args.n_layers):
+        shapes |= {
+            f"layers.{i}.attention.wq.weight": (q, d),
+            f"layers.{i}.attention.wk.weight": (kv, d),
+            f"layers.{i}.attention.wv.weight": (kv, d),
+            f"layers.{i}.attention.wo.weight": (d, q),
+            f"layers.{i}.feed_forward.w1.weight": (hidden, d),
+            f"layers.{i}.feed_forward.w2.weight": (d, hidden),
+            f"layers.{i}.feed_forward.w3.weight": (hidden, d),
+            f"layers.{i}.attention_norm.weight": (d,),
+            f"layers.{i}.ffn_norm.weight": (d,),
+        }
+    shapes["norm.weight"] = (d,)
+    shapes["output.weight"] = (args.vocab_size, d)
+    return shapes
 
 
 def count_parameters(args: ModelArgs) -> int:
@@ -340,6 +440,8 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
 
 
 __all__ = [
+    "LIMITS",
+    "ConfigError",
     "ModelArgs",
     "RMSNorm",
     "KVCache",
@@ -351,4 +453,5 @@ __all__ = [
     "rotary_frequencies",
     "count_parameters",
     "flops_per_token",
+    "state_dict_shapes",
 ]
