@@ -8,8 +8,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pasture.errors import PastureError
 from pasture.interop.hf import config_from_args
-from pasture.model import ModelArgs, Transformer, count_parameters, preset
+from pasture.model import (
+    ConfigError,
+    ModelArgs,
+    Transformer,
+    count_parameters,
+    preset,
+    state_dict_shapes,
+)
 
 # Table 2 of the paper. The issue lists 65,285,816,320 for 65B; Meta's released 65B
 # (hidden 22016) has 65,285,660,672, which Hugging Face's model agrees with below.
@@ -49,7 +57,7 @@ def test_swiglu_hidden_sizes_match_meta() -> None:
 def test_bad_shapes_are_rejected() -> None:
     with pytest.raises(ValueError, match="not divisible"):
         ModelArgs(dim=100, n_heads=3)
-    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+    with pytest.raises(ValueError, match="n_kv_heads 3: n_heads 4 is not a multiple of it"):
         ModelArgs(dim=64, n_heads=4, n_kv_heads=3)
 
 
@@ -138,3 +146,54 @@ def test_rotary_is_the_same_function_eager_and_compiled() -> None:
         ]
     )
     torch.testing.assert_close(apply_rotary(x, table)[0, 3, 1, 2:4], want)
+
+
+@pytest.mark.parametrize("name", ["7B", "65B", "debug", "debug-gqa", "stories15M"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_state_dict_shapes_without_building(name: str, tied: bool) -> None:
+    args = preset(name, tie_embeddings=tied)
+    with torch.device("meta"):
+        built = Transformer(args).state_dict()
+    assert state_dict_shapes(args) == {k: tuple(v.shape) for k, v in built.items()}
+
+
+def test_rotary_table_grows_with_the_positions_used() -> None:
+    args = preset("debug", vocab_size=64, max_seq_len=2**24)
+    model = Transformer(args)
+    model.init_weights(seed=0)
+    short = model.rotary(torch.device("cpu"), 5).clone()
+    assert short.shape[0] == 8  # the next power of two, not 16M rows
+    full = preset("debug", vocab_size=64)  # the same rows from a 256-position table
+    reference = Transformer(full).rotary(torch.device("cpu"))
+    assert torch.equal(short, reference[:8])
+    tokens = torch.randint(0, 64, (1, 40))
+    logits = model(tokens)
+    assert model.freqs_cis.shape[0] == 64
+    bounded = Transformer(full)
+    bounded.load_state_dict(model.state_dict())
+    assert torch.equal(logits, bounded(tokens))
+
+
+@pytest.mark.parametrize(
+    "field,value,problem",
+    [
+        ("n_layers", 0, "must be in 1..4,096, got 0"),
+        ("n_layers", 10**9, "must be in 1..4,096"),
+        ("dim", "64", "must be an integer, got '64'"),
+        ("dim", 64.0, "must be an integer, got 64.0"),
+        ("dim", True, "must be an integer, got True"),
+        ("n_kv_heads", 0, "must be in 1..4,096, got 0"),
+        ("max_seq_len", 10**12, "must be in 1..16,777,216"),
+        ("norm_eps", float("nan"), "must be a finite number above 0, got nan"),
+        ("norm_eps", 0, "must be a finite number above 0"),
+        ("rope_theta", 10**400, "must be a finite number above 0"),
+        ("ffn_dim_multiplier", float("inf"), "must be a finite number above 0"),
+        ("tie_embeddings", "no", "must be true/false"),
+        ("multiple_of", 0, "must be in 1..65,536, got 0"),
+    ],
+)
+def test_config_values_are_checked(field: str, value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ModelArgs(**{**vars(preset("debug")), field: value})
+    assert (info.value.field, info.value.problem) == (field, problem) or problem in str(info.value)
+    assert isinstance(info.value, PastureError) and isinstance(info.value, ValueError)

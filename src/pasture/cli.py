@@ -39,9 +39,34 @@ def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
-        raise PastureError(f"--device {name!r}: {e}") from None
+        raise PastureError(f"--device {name!r}: {_first_line(e)}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PastureError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PastureError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise PastureError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type == "meta":
+        raise PastureError(f"--device {name}: the meta device holds no data; use cpu or cuda")
+    elif device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except Exception as e:  # torch raises RuntimeError, AssertionError, … per backend
+            raise PastureError(f"--device {name}: unusable ({_first_line(e)})") from None
+    return device
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _default_eval_dir() -> str | None:
@@ -123,10 +148,13 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise PastureError(f"--max-new-tokens {args.max_new_tokens}: must be 0 or more")
+    device = _device(args.device)
     ckpt = interop.load(args.checkpoint, tokenizer=args.tokenizer)
     if ckpt.tokenizer is None:
         raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
-    model = ckpt.to_model(device=_device(args.device))
+    model = ckpt.to_model(device=device)
     prompts = args.prompt or [""]
     sampler = None
     if args.sampler == "llama2c":
@@ -253,11 +281,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise PastureError(f"--data-dir {data_dir}: not a directory")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PastureError(f"--out {out}: exists and is not a folder; name a folder for results")
+    device = _device(args.device)
     ckpt = interop.load(args.checkpoint, tokenizer=args.tokenizer)
     if ckpt.tokenizer is None:
         raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
     dtype = interop.DTYPES[args.dtype] if args.dtype else None
-    model = ckpt.to_model(device=_device(args.device), dtype=dtype)
+    model = ckpt.to_model(device=device, dtype=dtype)
     scorer = None
     if args.toxicity_command:
         from .eval.toxicity import CommandScorer

@@ -11,12 +11,15 @@ prompt token instead of the sampled one. Positions stay shared, so no padding ma
 
 from __future__ import annotations
 
+import operator
+import os
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from ..errors import PastureError
 from ..model import Transformer
 from .sampling import sample
 
@@ -43,6 +46,43 @@ def use_decode_layout(model: nn.Module) -> None:
                 module.weight.data = module.weight.data.t().contiguous().t()
 
 
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take on ``device`` (None: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(model: Transformer, batch: int, positions: int) -> None:
+    """Refuse, before allocating, a KV cache (plus token buffers) that memory cannot hold.
+
+    A config can claim a context of millions of positions; the cache is allocated for the
+    positions a request can reach, so a large ``max_new_tokens`` must fit in memory.
+    """
+    args, weight = model.args, model.tok_embeddings.weight
+    kv = 2 * args.n_layers * batch * positions * args.kv_heads * args.head_dim
+    needed = kv * weight.element_size() + 9 * batch * positions  # + token ids and prompt mask
+    available = _available_bytes(weight.device)
+    if available is not None and needed > available:
+        raise PastureError(
+            f"{batch} prompt(s) × {positions:,} positions need {needed / 2**30:,.1f} GiB for the "
+            f"KV cache; {available / 2**30:,.1f} GiB is available on {weight.device}: "
+            "lower max_new_tokens (or the number of prompts)"
+        )
+
+
 @torch.inference_mode()
 def generate_tokens(
     model: Transformer,
@@ -65,14 +105,26 @@ def generate_tokens(
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (begin with BOS)")
+    if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__"):
+        raise PastureError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    max_new_tokens = operator.index(max_new_tokens)
+    if max_new_tokens < 0:
+        raise PastureError(f"max_new_tokens {max_new_tokens} is negative")
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    context = model.args.max_seq_len
+    lengths = [len(p) for p in prompts]
+    if max(lengths) >= context:
+        raise PastureError(
+            f"a prompt of {max(lengths):,} tokens leaves no room in the model's context of "
+            f"{context:,} tokens (max_seq_len); shorten it"
+        )
+    total = min(context, max(lengths) + max_new_tokens)
+    B = len(prompts)
     device = model.tok_embeddings.weight.device
+    check_memory(model, B, total)
     if device.type == "cpu":
         use_decode_layout(model)
-    lengths = [len(p) for p in prompts]
-    total = min(model.args.max_seq_len, max(lengths) + max_new_tokens)
-    if max(lengths) >= total:
-        raise ValueError(f"a prompt of {max(lengths)} tokens leaves no room in the context")
-    B = len(prompts)
     tokens = torch.zeros((B, total), dtype=torch.long, device=device)
     in_prompt = torch.zeros((B, total), dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):

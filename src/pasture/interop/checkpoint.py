@@ -20,7 +20,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import atomic_dir, atomic_file
-from ..model import ModelArgs, Transformer
+from ..model import ModelArgs, Transformer, state_dict_shapes
 
 
 @dataclass
@@ -33,19 +33,26 @@ class Checkpoint:
     metadata: dict[str, object] = field(default_factory=dict)
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        with torch.device("meta"):
-            model = Transformer(self.args)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return state_dict_shapes(self.args)
 
     def validate(self) -> None:
-        """Every key the config implies is present with its shape; nothing else is."""
+        """Every key the config implies is present with its shape; nothing else is.
+
+        Computed from the config, never by building the model, and the layer count is checked
+        against the tensors present first: a header claiming 10^9 layers costs nothing.
+        """
         where = self.source or "checkpoint"
-        expected = self.expected_shapes()
-        if self.args.tie_embeddings:
-            expected.pop("output.weight", None)
         state = dict(self.state_dict)
         if self.args.tie_embeddings:
             state.pop("output.weight", None)
+        if 9 * self.args.n_layers > len(state):
+            raise PastureError(
+                f"{where}: the config says n_layers={self.args.n_layers:,}, but the checkpoint "
+                f"holds only {len(state)} tensors (9 per layer)"
+            )
+        expected = self.expected_shapes()
+        if self.args.tie_embeddings:
+            expected.pop("output.weight", None)
         missing = sorted(set(expected) - set(state))
         if missing:
             raise PastureError(f"{where}: missing tensor {missing[0]} ({len(missing)} missing)")
@@ -57,6 +64,10 @@ class Checkpoint:
                 raise PastureError(
                     f"{where}: tensor {key} has shape {tuple(state[key].shape)}, "
                     f"the config implies {shape}"
+                )
+            if not state[key].is_floating_point():
+                raise PastureError(
+                    f"{where}: tensor {key} has dtype {state[key].dtype}, not a float type"
                 )
         if self.tokenizer is not None and self.tokenizer.vocab_size != self.args.vocab_size:
             raise PastureError(
@@ -180,6 +191,28 @@ def check_file(path: Path, label: str, recognizes: Callable[[Path], bool], force
             f"{path}: exists and is not a {label} checkpoint; choose another name, or pass "
             "--force to replace it"
         )
+
+
+def load_pickled_state(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pth``/``.bin`` state dict through torch's weights-only unpickler (never pickle's).
+
+    It admits tensors and plain containers only, so no code in the file runs; anything else it
+    refuses, and so do we, in one line.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # RuntimeError, EOFError, UnpicklingError, … depending on the damage
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next((ln for ln in lines if "WeightsUnpickler error" in ln), None)
+        detail = detail or (lines[0] if lines else type(e).__name__)
+        raise PastureError(
+            f"{path}: refused: truncated, corrupt, or not a plain state dict of tensors ({detail})"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise PastureError(f"{path}: not a state dict of tensors")
+    return state
 
 
 def read_error(path: str | os.PathLike, problem: str) -> PastureError:

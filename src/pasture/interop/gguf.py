@@ -15,7 +15,11 @@ transformers' own GGUF converter).
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
 import re
+import struct
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +30,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import atomic_file
-from ..model import ModelArgs
+from ..model import ConfigError, ModelArgs
 from .checkpoint import Checkpoint, check_file
 
 MAGIC = b"GGUF"
@@ -46,6 +50,18 @@ _LAYER_KEYS = {
     "ffn_up": "feed_forward.w3",
     "attn_norm": "attention_norm",
     "ffn_norm": "ffn_norm",
+}
+# ModelArgs field → the GGUF metadata key it comes from, for error messages.
+_METADATA_KEYS = {
+    "dim": "llama.embedding_length",
+    "n_layers": "llama.block_count",
+    "n_heads": "llama.attention.head_count",
+    "n_kv_heads": "llama.attention.head_count_kv",
+    "vocab_size": "token_embd rows",
+    "hidden_dim": "llama.feed_forward_length",
+    "norm_eps": "llama.attention.layer_norm_rms_epsilon",
+    "rope_theta": "llama.rope.freq_base",
+    "max_seq_len": "llama.context_length",
 }
 _GGUF_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.weight$")
 _META_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight$")
@@ -103,6 +119,101 @@ def _value(field: Any, gguf: ModuleType) -> Any:
     return decode(field.parts[field.data[0]], field.types[0])
 
 
+# Bytes of each scalar GGUF value type (GGUFValueType: 0-7, 10-12); 8 is a string, 9 an array.
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_ARRAY_NESTING = 2
+
+
+def check_header(path: Path, gguf: ModuleType) -> None:
+    """Walk the header and refuse any count, length or tensor extent that exceeds the file.
+
+    ``gguf.GGUFReader`` trusts them: an array that claims 2^60 elements loops forever and a
+    tensor count of 2^40 allocates without bound. Here every claim is checked against the bytes
+    that remain, so the walk costs at most one step per byte of header.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    view = memoryview(data)
+    try:
+        _walk_header(view, size, path, gguf)
+    finally:
+        view.release()
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+def _walk_header(data: memoryview, size: int, path: Path, gguf: ModuleType) -> None:
+    def corrupt(problem: str) -> PastureError:
+        return PastureError(f"{path}: truncated or corrupt GGUF file: {problem}")
+
+    if size < 24:
+        raise corrupt(f"{size} bytes is shorter than a GGUF header (24 bytes)")
+    order = "<"
+    if struct.unpack_from("<I", data, 4)[0] & 0xFFFF == 0:
+        order = ">"  # written on a big-endian machine, as GGUFReader detects it
+    version, n_tensors, n_kv = struct.unpack_from(order + "IQQ", data, 4)
+    pos = 24
+
+    def take(n: int, what: str) -> int:
+        nonlocal pos
+        if n > size - pos:
+            raise corrupt(f"{what} needs {n:,} bytes at offset {pos:,}; {size - pos:,} remain")
+        start, pos = pos, pos + n
+        return start
+
+    def number(fmt: str, what: str) -> int:
+        return struct.unpack_from(order + fmt, data, take(struct.calcsize(fmt), what))[0]
+
+    def string(what: str) -> None:
+        take(number("Q", what), what)
+
+    def value(kind: int, what: str, depth: int = 0) -> None:
+        if kind in _SCALAR_BYTES:
+            take(_SCALAR_BYTES[kind], what)
+        elif kind == 8:
+            string(what)
+        elif kind == 9:
+            item, count = number("I", what), number("Q", what)
+            if depth >= _MAX_ARRAY_NESTING:
+                raise corrupt(f"{what}: arrays nested deeper than {_MAX_ARRAY_NESTING}")
+            if item in _SCALAR_BYTES:
+                take(count * _SCALAR_BYTES[item], f"{what} ({count:,} elements)")
+                return
+            smallest = 8 if item == 8 else 12  # a string's length; an array's type and count
+            if count * smallest > size - pos:
+                raise corrupt(f"{what} claims {count:,} elements; the file is {size:,} bytes")
+            for _ in range(count):
+                value(item, what, depth + 1)
+        else:
+            raise corrupt(f"{what}: unknown value type {kind}")
+
+    if version not in (2, 3):
+        raise PastureError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+    if n_kv * 13 > size - pos:  # key length, key, type, smallest value
+        raise corrupt(f"{n_kv:,} metadata entries cannot fit in {size:,} bytes")
+    for i in range(n_kv):
+        string(f"metadata key {i}")
+        value(number("I", f"metadata entry {i}"), f"metadata entry {i}")
+    if n_tensors * 24 > size - pos:  # name length, dims, type, offset
+        raise corrupt(f"{n_tensors:,} tensors cannot fit in {size:,} bytes")
+    for i in range(n_tensors):
+        string(f"tensor {i} name")
+        n_dims = number("I", f"tensor {i}")
+        if n_dims > _MAX_DIMS:
+            raise corrupt(f"tensor {i} has {n_dims} dimensions (at most {_MAX_DIMS})")
+        dims = [number("Q", f"tensor {i}") for _ in range(n_dims)]
+        kind, offset = number("I", f"tensor {i}"), number("Q", f"tensor {i}")
+        try:
+            block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise corrupt(f"tensor {i} has unknown type {kind}") from None
+        elements = math.prod(dims)
+        if offset + elements * block_bytes // block > size:
+            raise corrupt(f"tensor {i} of shape {dims} at offset {offset:,} exceeds the file")
+
+
 def _float32(value: float) -> float:
     """The shortest decimal of a float32 field (1e-05, not 9.999999747378752e-06)."""
     return float(str(np.float32(value)))
@@ -111,6 +222,7 @@ def _float32(value: float) -> float:
 def load(path: Path) -> Checkpoint:
     gguf = _gguf()
     try:
+        check_header(path, gguf)
         reader = gguf.GGUFReader(path, "r")
         fields = {name: _value(field, gguf) for name, field in reader.fields.items()}
         tensors = list(reader.tensors)
@@ -158,7 +270,10 @@ def load(path: Path) -> Checkpoint:
             max_seq_len=need("llama.context_length"),
             tie_embeddings="output.weight" not in state,
         )
-    except (ValueError, ZeroDivisionError) as e:
+    except ConfigError as e:
+        key = _METADATA_KEYS.get(e.field, e.field)
+        raise PastureError(f"{path}: metadata {key} {e.problem}") from None
+    except (ValueError, TypeError) as e:
         raise PastureError(f"{path}: inconsistent llama.* metadata ({e})") from None
     if fields.get("llama.vocab_size", args.vocab_size) != args.vocab_size:
         raise PastureError(

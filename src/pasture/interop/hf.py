@@ -17,8 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
-from ..model import ModelArgs
-from .checkpoint import Checkpoint, FolderLayout, check_folder, folder_writer
+from ..model import ConfigError, ModelArgs
+from .checkpoint import (
+    Checkpoint,
+    FolderLayout,
+    check_folder,
+    folder_writer,
+    load_pickled_state,
+)
 
 _LAYER_KEYS = {
     "self_attn.q_proj": "attention.wq",
@@ -97,7 +103,24 @@ def meta_key(key: str, source: Path) -> str:
     return f"layers.{match.group(1)}.{_LAYER_KEYS[match.group(2)]}.weight"
 
 
-def args_from_config(config: dict, source: Path) -> ModelArgs:
+# ModelArgs field → the config.json key it comes from, for error messages.
+_CONFIG_KEYS = {
+    "dim": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "vocab_size": "vocab_size",
+    "hidden_dim": "intermediate_size",
+    "norm_eps": "rms_norm_eps",
+    "rope_theta": "rope_theta",
+    "max_seq_len": "max_position_embeddings",
+    "tie_embeddings": "tie_word_embeddings",
+}
+
+
+def args_from_config(config: object, source: Path) -> ModelArgs:
+    if not isinstance(config, dict):
+        raise PastureError(f"{source}: must hold a JSON object, not {type(config).__name__}")
     if config.get("model_type") != "llama":
         raise PastureError(f"{source}: model_type {config.get('model_type')!r} is not 'llama'")
     if config.get("hidden_act", "silu") != "silu":
@@ -106,17 +129,30 @@ def args_from_config(config: dict, source: Path) -> ModelArgs:
         raise PastureError(f"{source}: biases are not part of the LLaMA architecture")
     rope = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
+    for name, value in (("rope_parameters", rope), ("rope_scaling", scaling)):
+        if not isinstance(value, dict):
+            raise PastureError(f"{source}: {name} must be a JSON object, got {value!r}")
     for kind in (rope.get("rope_type", "default"), scaling.get("rope_type", "default")):
         if kind != "default":
             raise PastureError(f"{source}: rope scaling {kind!r} is not supported")
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+            "intermediate_size",
+        )
+        if k not in config
+    ]
+    if missing:
+        raise PastureError(f"{source}: config.json lacks {missing[0]!r}")
     try:
-        dim, heads = config["hidden_size"], config["num_attention_heads"]
-        if config.get("head_dim") not in (None, dim // heads):
-            raise PastureError(f"{source}: head_dim {config['head_dim']} != hidden_size / heads")
-        return ModelArgs(
-            dim=dim,
+        args = ModelArgs(
+            dim=config["hidden_size"],
             n_layers=config["num_hidden_layers"],
-            n_heads=heads,
+            n_heads=config["num_attention_heads"],
             n_kv_heads=config.get("num_key_value_heads"),
             vocab_size=config["vocab_size"],
             hidden_dim=config["intermediate_size"],
@@ -125,10 +161,14 @@ def args_from_config(config: dict, source: Path) -> ModelArgs:
             max_seq_len=config.get("max_position_embeddings", 2048),
             tie_embeddings=config.get("tie_word_embeddings", False),
         )
-    except KeyError as e:
-        raise PastureError(f"{source}: config.json lacks {e.args[0]!r}") from None
-    except ValueError as e:
-        raise PastureError(f"{source}: {e}") from None
+    except ConfigError as e:
+        raise PastureError(f"{source}: {_CONFIG_KEYS.get(e.field, e.field)} {e.problem}") from None
+    if config.get("head_dim") not in (None, args.head_dim):
+        raise PastureError(
+            f"{source}: head_dim {config['head_dim']!r} != hidden_size / num_attention_heads "
+            f"({args.head_dim})"
+        )
+    return args
 
 
 def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
@@ -156,11 +196,33 @@ def config_from_args(args: ModelArgs, dtype: torch.dtype) -> dict:
     }
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files ``model.safetensors.index.json`` lists (plain names in ``path``)."""
     index = path / "model.safetensors.index.json"
-    if index.is_file():
+    try:
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({path / name for name in weight_map.values()})
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise PastureError(f"{index}: unreadable ({e})") from None
+    except (KeyError, TypeError):
+        raise PastureError(f'{index}: no "weight_map" object') from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise PastureError(f'{index}: "weight_map" must be a non-empty object')
+    names = set(weight_map.values())
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or Path(name).name != name
+            or not name.endswith(".safetensors")
+        ):
+            raise PastureError(f"{index}: {name!r} is not a .safetensors file name in {path}")
+        if not (path / name).is_file():
+            raise PastureError(f"{index}: lists {name}, which is not in {path}")
+    return [path / name for name in sorted(names)]
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if (path / "model.safetensors.index.json").is_file():
+        files = _weight_files(path)
     elif (path / "model.safetensors").is_file():
         files = [path / "model.safetensors"]
     elif (path / "pytorch_model.bin").is_file():
@@ -169,37 +231,38 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise PastureError(f"{path}: no model.safetensors (or pytorch_model.bin) next to config")
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
-        try:
-            if file.suffix == ".safetensors":
-                tensors.update(load_file(file))
-            else:
-                tensors.update(torch.load(file, map_location="cpu", weights_only=True))
-        except (SafetensorError, OSError, RuntimeError, EOFError) as e:
-            raise PastureError(f"{file}: truncated or corrupt checkpoint ({e})") from None
+        if file.suffix == ".safetensors":
+            try:
+                part = load_file(file)
+            except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as e:
+                raise PastureError(f"{file}: truncated or corrupt checkpoint ({e})") from None
+        else:
+            part = load_pickled_state(file)
+        tensors.update(part)
     return tensors
 
 
 def load(path: Path) -> Checkpoint:
     try:
         config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise PastureError(f"{path / 'config.json'}: unreadable ({e})") from None
     args = args_from_config(config, path / "config.json")
     state = {}
     for key, tensor in _read_tensors(path).items():
         if key.endswith("rotary_emb.inv_freq"):
             continue  # older transformers saved the rotary table; we recompute it
-        name = meta_key(key, path)
-        if name.endswith("attention.wq.weight"):
-            tensor = permute_from_hf(tensor, args.n_heads)
-        elif name.endswith("attention.wk.weight"):
-            tensor = permute_from_hf(tensor, args.kv_heads)
-        state[name] = tensor
+        state[meta_key(key, path)] = tensor
     tokenizer = None
     if (path / "tokenizer.model").is_file():
         tokenizer = Tokenizer.from_file(path / "tokenizer.model")
     ckpt = Checkpoint(args, state, tokenizer, source=str(path), format="hf")
-    ckpt.validate()
+    ckpt.validate()  # shapes first: the permutation below assumes them
+    for name, tensor in state.items():
+        if name.endswith("attention.wq.weight"):
+            state[name] = permute_from_hf(tensor, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            state[name] = permute_from_hf(tensor, args.kv_heads)
     return ckpt
 
 

@@ -30,7 +30,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import atomic_file, write_bytes
-from ..model import ModelArgs
+from ..model import ConfigError, ModelArgs
 from .checkpoint import Checkpoint, check_file
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
@@ -39,6 +39,7 @@ V1_HEADER_BYTES = 256
 NORM_EPS = 1e-5  # run.c's rmsnorm
 ROPE_THETA = 10000.0  # run.c's RoPE
 
+_HEADER_NAMES = {"max_seq_len": "seq_len", "norm_eps": "norm eps"}  # ModelArgs → header names
 _ATTENTION = ("wq", "wk", "wv", "wo")
 _FFN = ("w1", "w2", "w3")
 
@@ -106,7 +107,15 @@ class Header:
         return order
 
     def file_size(self) -> int:
-        n_floats = sum(int(np.prod(shape)) for _, shape in self.tensor_shapes())
+        """Bytes the header implies, by arithmetic (a lying n_layers builds no list)."""
+        d, hid, v = self.dim, self.hidden_dim, self.vocab_size
+        kv_dim = self.n_kv_heads * (d // self.n_heads)
+        per_layer = 2 * d * d + 2 * kv_dim * d + 3 * hid * d + 2 * d
+        n_floats = v * d + self.n_layers * per_layer + d
+        if self.version == 0:
+            n_floats += 2 * self.seq_len * (d // self.n_heads // 2)  # RoPE cos/sin tables
+        if not self.shared_classifier:
+            n_floats += v * d
         return self.header_bytes + 4 * n_floats
 
     def to_args(self) -> ModelArgs:
@@ -233,8 +242,14 @@ def load(path: Path) -> Checkpoint:
             state[name] = torch.from_numpy(block).reshape(shape)
         offset += count
     del data
+    try:
+        args = header.to_args()
+    except ConfigError as e:
+        raise PastureError(
+            f"{path}: header {_HEADER_NAMES.get(e.field, e.field)} {e.problem}"
+        ) from None
     ckpt = Checkpoint(
-        header.to_args(),
+        args,
         state,
         _sidecar_tokenizer(path),
         source=str(path),

@@ -16,8 +16,14 @@ import torch
 
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
-from ..model import ModelArgs
-from .checkpoint import Checkpoint, FolderLayout, check_folder, folder_writer
+from ..model import ConfigError, ModelArgs
+from .checkpoint import (
+    Checkpoint,
+    FolderLayout,
+    check_folder,
+    folder_writer,
+    load_pickled_state,
+)
 
 _COLUMN_SPLIT = re.compile(r"(attention\.wo|feed_forward\.w2|tok_embeddings)\.weight$")
 _REPLICATED = re.compile(r"norm\.weight$")
@@ -79,25 +85,34 @@ def _read_params(path: Path) -> dict:
     return params
 
 
-def _load_shard(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors, …
-        raise PastureError(f"{path}: truncated or corrupt checkpoint ({e})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PastureError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def merge_shards(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One state dict from Meta's model-parallel shards."""
+def merge_shards(
+    shards: list[dict[str, torch.Tensor]], files: list[Path] | None = None
+) -> dict[str, torch.Tensor]:
+    """One state dict from Meta's model-parallel shards (``files`` name them in errors)."""
     if len(shards) == 1:
         return dict(shards[0])
+    names = [str(f) for f in files] if files else [f"shard {i}" for i in range(len(shards))]
+    for name, shard in zip(names[1:], shards[1:], strict=True):
+        if shard.keys() != shards[0].keys():
+            odd = sorted(shard.keys() ^ shards[0].keys())[0]
+            raise PastureError(
+                f"{name}: holds other tensors than {names[0]} ({odd}); not shards of one model"
+            )
     merged = {}
     for key in shards[0]:
         dim = shard_dim(key)
         parts = [shard[key] for shard in shards]
-        merged[key] = parts[0] if dim is None else torch.cat(parts, dim=dim)
+        if dim is None:
+            merged[key] = parts[0]
+            continue
+        rest = [tuple(p.shape[:dim] + p.shape[dim + 1 :]) for p in parts]
+        for name, part, shape in zip(names, parts, rest, strict=True):
+            if part.ndim <= dim or shape != rest[0] or part.dtype != parts[0].dtype:
+                raise PastureError(
+                    f"{name}: {key} {tuple(part.shape)} does not join {tuple(parts[0].shape)} "
+                    f"of {names[0]} along dimension {dim}; not shards of one model"
+                )
+        merged[key] = torch.cat(parts, dim=dim)
     return merged
 
 
@@ -116,18 +131,30 @@ def split_shards(state: dict[str, torch.Tensor], n: int) -> list[dict[str, torch
     return shards
 
 
+def _args(params: dict, path: Path) -> ModelArgs:
+    try:
+        return ModelArgs(**{k: v for k, v in params.items() if k in _PARAM_KEYS})
+    except ConfigError as e:
+        raise PastureError(f"{path / 'params.json'}: {e}") from None
+
+
 def load(path: Path) -> Checkpoint:
     params = _read_params(path / "params.json")
+    vocab = params.get("vocab_size", -1)
+    # Meta's release writes -1: the tokenizer decides (so the embedding's rows say).
+    vocab_from_weights = type(vocab) is int and vocab <= 0
+    _args({**params, "vocab_size": 1} if vocab_from_weights else params, path)  # before loading
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
         raise PastureError(f"{path}: no consolidated.NN.pth next to params.json")
-    state = merge_shards([_load_shard(f) for f in files])
+    state = merge_shards([load_pickled_state(f) for f in files], files)
     state.pop("rope.freqs", None)  # LLaMA-1 stored its rotary table; we recompute it
-    if params.get("vocab_size", -1) <= 0:  # Meta's release writes -1: the tokenizer decides
-        if "tok_embeddings.weight" not in state:
+    if vocab_from_weights:
+        embedding = state.get("tok_embeddings.weight")
+        if embedding is None or embedding.ndim != 2:
             raise PastureError(f"{path}: missing tensor tok_embeddings.weight")
-        params["vocab_size"] = state["tok_embeddings.weight"].shape[0]
-    args = ModelArgs(**{k: v for k, v in params.items() if k in _PARAM_KEYS})
+        params["vocab_size"] = embedding.shape[0]
+    args = _args(params, path)
     w1 = state.get("layers.0.feed_forward.w1.weight")
     if w1 is not None and w1.shape[0] != args.ffn_hidden_dim:
         raise PastureError(
