@@ -368,3 +368,12 @@ def test_hostile_header_through_a_real_process(tmp_path: Path) -> None:
         f"pasture: error: {folder / 'config.json'}: num_hidden_layers must be in 1..4,096, "
         "got 1,000,000,000\n"
     )
+
+
+def test_oversized_or_deeply_nested_json(tmp_path: Path, capsys) -> None:
+    folder = _meta(tmp_path)
+    (folder / "params.json").write_text("[" * 100_000)
+    _cli_error(["info", str(folder)], capsys, "params.json", "unreadable")
+    with open(folder / "params.json", "w") as f:
+        f.truncate(17 * 2**20)  # sparse: 17 MiB of zeros on disk costs nothing
+    _cli_error(["info", str(folder)], capsys, "params.json", "larger than 16 MiB")

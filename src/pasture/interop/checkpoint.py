@@ -8,6 +8,7 @@ at its boundary. Writers go through ``check_folder``/``folder_writer`` or ``chec
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -191,6 +192,18 @@ def check_file(path: Path, label: str, recognizes: Callable[[Path], bool], force
             f"{path}: exists and is not a {label} checkpoint; choose another name, or pass "
             "--force to replace it"
         )
+
+
+MAX_JSON_BYTES = 16 * 2**20  # config.json, params.json, an index: real ones are kilobytes
+
+
+def read_json(path: Path) -> object:
+    """A small JSON file (config, params, index); OSError or ValueError if it is not one."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES // 2**20} MiB, not a config")
+    return json.loads(data.decode("utf-8"))
 
 
 def load_pickled_state(path: Path) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from .checkpoint import (
     check_folder,
     folder_writer,
     load_pickled_state,
+    read_json,
 )
 
 _LAYER_KEYS = {
@@ -52,7 +53,7 @@ def detect(path: Path) -> bool:
 
 def _is_llama_config(path: Path) -> bool:
     try:
-        config = json.loads(path.read_text())
+        config = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     return isinstance(config, dict) and config.get("model_type") == "llama"
@@ -200,7 +201,7 @@ def _weight_files(path: Path) -> list[Path]:
     """The safetensors files ``model.safetensors.index.json`` lists (plain names in ``path``)."""
     index = path / "model.safetensors.index.json"
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index)["weight_map"]
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise PastureError(f"{index}: unreadable ({e})") from None
     except (KeyError, TypeError):
@@ -244,7 +245,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load(path: Path) -> Checkpoint:
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = read_json(path / "config.json")
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise PastureError(f"{path / 'config.json'}: unreadable ({e})") from None
     args = args_from_config(config, path / "config.json")

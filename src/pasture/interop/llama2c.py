@@ -211,6 +211,8 @@ def detect(path: Path) -> bool:
 
 
 def _is_tokenizer(path: Path) -> bool:
+    if path.stat().st_size > 2**26:  # real SentencePiece models are a few MB
+        return False
     try:
         Tokenizer.from_file(path)
     except PastureError:

@@ -23,6 +23,7 @@ from .checkpoint import (
     check_folder,
     folder_writer,
     load_pickled_state,
+    read_json,
 )
 
 _COLUMN_SPLIT = re.compile(r"(attention\.wo|feed_forward\.w2|tok_embeddings)\.weight$")
@@ -48,7 +49,7 @@ def detect(path: Path) -> bool:
 
 def _is_params(path: Path) -> bool:
     try:
-        return isinstance(json.loads(path.read_text()), dict)
+        return isinstance(read_json(path), dict)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
 
@@ -74,8 +75,8 @@ def shard_dim(key: str) -> int | None:
 
 def _read_params(path: Path) -> dict:
     try:
-        params = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        params = read_json(path)
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, too big
         raise PastureError(f"{path}: unreadable params.json ({e})") from None
     if not isinstance(params, dict):
         raise PastureError(f"{path}: params.json must hold a JSON object")
