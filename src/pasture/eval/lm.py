@@ -14,9 +14,11 @@ it, each continuation attending to the context and to itself only and starting a
 right after the context. A multiple-choice item therefore costs one forward pass over its
 context instead of one per choice, and the vocabulary projection runs only where a
 continuation token is predicted. A padded key is never visible to a real query, and every row
-is computed at a padded length that depends on its own length only (rows are batched with
-rows of the same padded length), so the batch size does not change a result, not even in the
-last bit: matrix kernels round differently for different shapes.
+is computed at a padded length of at least ``PAD`` tokens that depends on its own length only
+(rows are batched with rows of the same padded length; see ``aligned_prefix`` for a cached
+prefix), so on a CPU the batch size does not change a log-likelihood, not even in the last
+bit: matrix kernels round differently for different shapes, and MKL multiplies fewer than 16
+rows with another kernel. Generation makes no such promise (docs/evaluation.md).
 
 Tokenization follows lm-evaluation-harness: trailing spaces of the context move to the
 continuation, and the continuation's tokens are those of ``context + continuation`` after the
@@ -80,9 +82,22 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def padded(n: int, multiple: int = 16) -> int:
+PAD = 16  # rows are computed at a multiple of this many tokens
+
+
+def padded(n: int, multiple: int = PAD) -> int:
     """The length a row of n tokens is computed at."""
     return -(-n // multiple) * multiple
+
+
+def aligned_prefix(n: int, max_seq_len: int) -> int:
+    """How much of a shared prefix of n tokens to cache: a multiple of ``PAD`` that leaves at
+    least ``PAD`` positions of the window for the rows after it. Then every row's part after
+    the prefix is computed at a padded length of its own (>= PAD tokens), never cut short by
+    the window: a matrix product of fewer than 16 rows takes another kernel in MKL, which
+    rounds differently, so a short tail would make a result depend on how many rows share
+    its batch."""
+    return max(0, min(n, max_seq_len - PAD)) // PAD * PAD
 
 
 @dataclass
@@ -177,7 +192,8 @@ class PastureLM:
         scored: list[tuple[float, bool]] = [(0.0, False)] * len(pieces)
         bar = tqdm(total=len(pieces), desc="log-likelihoods", unit="req", disable=not self.progress)
         for prefix, rows in shared_prefixes(self._pack(pieces)):
-            P = len(prefix)
+            P = aligned_prefix(len(prefix), self.model.args.max_seq_len)
+            prefix = prefix[:P]
             by_length: dict[tuple[int, bool], list[_Row]] = {}
             for row in sorted(rows, key=len, reverse=True):
                 # A row's shape and attention path depend on the row (and its prefix) alone.
