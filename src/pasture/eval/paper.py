@@ -2,7 +2,8 @@
 
 Keyed by task, then by the metric name the task reports, then by model size. Percentages as
 printed in the paper's tables (toxicity scores as printed, 0–1). Only rows the paper prints
-for LLaMA are here; TruthfulQA's Table 14 is a GPT-judge generation score, not MC1/MC2, so it
+for LLaMA are here, except Table 10 (instruction finetuning), keyed by the model names it
+prints, for comparing a finetuned model with LLaMA-I and its peers; TruthfulQA's Table 14 is a GPT-judge generation score, not MC1/MC2, so it
 is not comparable with what Pasture computes and is left out.
 """
 
@@ -95,3 +96,27 @@ WINOGENDER = {
     "female_gotcha": _row(64.2, 65.8, 61.7, 75.0),
     "male_gotcha": _row(55.0, 55.8, 55.8, 63.3),
 }
+
+# Table 10: MMLU five-shot of models of moderate size, without and with instruction finetuning
+# (the paper's LLaMA-I is LLaMA 65B finetuned on instructions, after Chung et al. 2022).
+# Model name and size as printed, in the paper's row order; the instruction-finetuned rows last.
+MMLU_INSTRUCTION = {
+    "OPT 30B": 26.1,
+    "GLM 120B": 44.8,
+    "PaLM 62B": 55.1,
+    "PaLM-cont 62B": 62.8,
+    "Chinchilla 70B": 67.5,
+    "LLaMA 65B": 63.4,
+    "OPT-IML-Max 30B": 43.2,
+    "Flan-T5-XXL 11B": 55.1,
+    "Flan-PaLM 62B": 59.6,
+    "Flan-PaLM-cont 62B": 66.1,
+    "LLaMA-I 65B": 68.9,
+}
+INSTRUCTION_FINETUNED = (
+    "OPT-IML-Max 30B",
+    "Flan-T5-XXL 11B",
+    "Flan-PaLM 62B",
+    "Flan-PaLM-cont 62B",
+    "LLaMA-I 65B",
+)
