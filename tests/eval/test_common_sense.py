@@ -77,10 +77,15 @@ def test_char_normalization_picks_per_character(shared_data):
     (item,) = cs.arc_items(shared_data / "eval" / "arc" / "ARC-Easy-Test.jsonl")[:1]
     assert [len(c) for c in item.continuations] == [60, 55, 51, 44] and item.gold == 0
     assert all(c.startswith(" ") and not c.startswith("  ") for c in item.continuations)
-    fake = FakeLM(dict(zip(item.continuations, [-27.0, -26.0, -27.0, -25.0], strict=True)))
+    fake = FakeLM(
+        dict(zip(item.continuations, [-27.0, -26.0, -27.0, -25.0], strict=True)),
+        dict(zip(item.continuations, [-20.0, -20.0, -28.0, -20.0], strict=True)),
+    )
     result = TASKS["arc_easy"].run(fake, EvalSettings(shared_data / "eval", limit=1))
     assert result.records[0]["prediction"] == 0
-    assert result.metrics == {"acc": 0.0, "acc_char": 1.0}
+    # every record keeps all three scores; "Answer:" conditioning picks choice 2 (+1)
+    assert result.records[0]["answer_normalized"] == [-7.0, -6.0, 1.0, -5.0]
+    assert result.metrics == {"acc": 0.0, "acc_char": 1.0, "acc_answer": 0.0}
     assert result.records[0]["char_normalized"] == pytest.approx(
         [-27 / 59, -26 / 54, -27 / 50, -25 / 43]
     )

@@ -9,6 +9,8 @@ import pytest
 
 from pasture import load_model
 from pasture.eval import EvalSettings, PastureLM
+from pasture.eval.run import Outcome, to_markdown
+from pasture.eval.scoring import argmax
 from pasture.eval.task import TaskDataError
 from pasture.eval.tasks import TASKS, reading
 
@@ -42,6 +44,11 @@ def test_runs_on_published_layout(lm, name, ids):
         assert all(ll < 0 for ll in record["loglikelihoods"])
         assert 0 <= record["prediction"] < 4 and 0 <= record["gold"] < 4
     assert result.main == "acc_char" and {"acc", "acc_char"} <= set(result.metrics)
+    # Brown et al.'s RACE rule (conditioned on "Answer:") is reported beside the paper's
+    answer = [argmax(r["answer_normalized"]) == r["gold"] for r in result.records]
+    assert result.metrics["acc_answer"] == sum(answer) / len(answer)
+    table = to_markdown(Outcome(results={name: result}))
+    assert "Answer:" in table.split("## Table 6")[1].split("\n")[2]  # the header row
     limited = TASKS[name].run(lm, EvalSettings(FIXTURES, limit=1))
     assert [r["id"] for r in limited.records] == ids[:1]
     assert limited.records[0]["loglikelihoods"] == result.records[0]["loglikelihoods"]

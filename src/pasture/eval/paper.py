@@ -3,8 +3,9 @@
 Keyed by task, then by the metric name the task reports, then by model size. Percentages as
 printed in the paper's tables (toxicity scores as printed, 0–1). Only rows the paper prints
 for LLaMA are here, except Table 10 (instruction finetuning), keyed by the model names it
-prints, for comparing a finetuned model with LLaMA-I and its peers; TruthfulQA's Table 14 is a GPT-judge generation score, not MC1/MC2, so it
-is not comparable with what Pasture computes and is left out.
+prints, for comparing a finetuned model with LLaMA-I and its peers. TruthfulQA's Table 14 is a
+GPT-judge generation score, not MC1/MC2, so it is not comparable with what Pasture computes
+and is left out.
 """
 
 from __future__ import annotations

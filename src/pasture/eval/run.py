@@ -196,10 +196,13 @@ def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
             ],
         ),
         (
-            "Table 6: reading comprehension, zero-shot",
+            "Table 6: reading comprehension, zero-shot (per character; Brown et al. "
+            'conditioned RACE on "Answer:")',
             [
                 Column("RACE-middle", "race_middle", None, paper.RACE["race_middle"]),
                 Column("RACE-high", "race_high", None, paper.RACE["race_high"]),
+                Column('RACE-middle, "Answer:"', "race_middle", "acc_answer", None),
+                Column('RACE-high, "Answer:"', "race_high", "acc_answer", None),
             ],
         ),
         (

@@ -53,40 +53,39 @@ def char_normalized(loglikelihood: float, continuation: str) -> float:
 def multiple_choice(
     lm: LanguageModel, items: Sequence[ChoiceItem], rule: Rule
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Accuracy under ``rule`` plus the raw (``acc``) and char-normalized (``acc_char``)
-    accuracies, and one record per item with every choice's log-likelihoods."""
+    """The accuracy of every rule, raw (``acc``), per character (``acc_char``) and conditioned
+    on "Answer:" (``acc_answer``), and one record per item with all three scores of every
+    choice, so any rule can be recomputed from the records; ``rule`` picks the prediction.
+    The "Answer:" term costs one short request per distinct continuation."""
     requests = [(it.context(j), c) for it in items for j, c in enumerate(it.continuations)]
-    unconditional: dict[str, float] = {}
-    if rule == "answer":
-        distinct = sorted({c for it in items for c in it.continuations})
-        scores = lm.loglikelihood([(UNCONDITIONAL_CONTEXT, c) for c in distinct])
-        unconditional = {c: s for c, (s, _) in zip(distinct, scores, strict=True)}
+    distinct = sorted({c for it in items for c in it.continuations})
+    scores = lm.loglikelihood([(UNCONDITIONAL_CONTEXT, c) for c in distinct])
+    unconditional = {c: s for c, (s, _) in zip(distinct, scores, strict=True)}
     results = iter(lm.loglikelihood(requests))
     records, hits = [], {"acc": [], "acc_char": [], "acc_answer": []}
     for it in items:
         lls = [next(results)[0] for _ in it.continuations]
         chars = [char_normalized(ll, c) for ll, c in zip(lls, it.continuations, strict=True)]
-        record: dict[str, Any] = {
-            "id": it.id,
-            "context": list(it.contexts),
-            "choices": list(it.continuations),
-            "loglikelihoods": lls,
-            "char_normalized": chars,
-            "gold": it.gold,
-        }
-        hits["acc"].append(argmax(lls) == it.gold)
-        hits["acc_char"].append(argmax(chars) == it.gold)
-        if rule == "answer":
-            uncond = [unconditional[c] for c in it.continuations]
-            conditioned = [ll - u for ll, u in zip(lls, uncond, strict=True)]
-            record["unconditional_loglikelihoods"] = uncond
-            record["answer_normalized"] = conditioned
-            hits["acc_answer"].append(argmax(conditioned) == it.gold)
-            record["prediction"] = argmax(conditioned)
-        else:
-            record["prediction"] = argmax(chars) if rule == "char" else argmax(lls)
-        record["correct"] = record["prediction"] == it.gold
-        records.append(record)
+        uncond = [unconditional[c] for c in it.continuations]
+        conditioned = [ll - u for ll, u in zip(lls, uncond, strict=True)]
+        picks = {"sum": argmax(lls), "char": argmax(chars), "answer": argmax(conditioned)}
+        records.append(
+            {
+                "id": it.id,
+                "context": list(it.contexts),
+                "choices": list(it.continuations),
+                "loglikelihoods": lls,
+                "char_normalized": chars,
+                "unconditional_loglikelihoods": uncond,
+                "answer_normalized": conditioned,
+                "gold": it.gold,
+                "prediction": picks[rule],
+                "correct": picks[rule] == it.gold,
+            }
+        )
+        hits["acc"].append(picks["sum"] == it.gold)
+        hits["acc_char"].append(picks["char"] == it.gold)
+        hits["acc_answer"].append(picks["answer"] == it.gold)
     metrics = {k: mean(v) for k, v in hits.items() if v}
     return metrics, records
 

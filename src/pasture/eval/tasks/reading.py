@@ -7,8 +7,15 @@ reproduces (its ``race`` task, ``preprocess_race.py``): one item per article. Th
 ``"Article: {article}\\n\\n"``, then every question of the article but the last with its gold
 answer (``"Question: {q}\\nAnswer: {answer}\\n"``, or for a cloze question ending in
 ``"  _  ."`` the question with the answer in the blank and a newline), then the last question;
-the four continuations are ``" {option}"``. Scored by the paper's rule: the highest
-log-likelihood per character (``acc_char``; ``acc`` is reported too).
+the four continuations are ``" {option}"``.
+
+The rule: the headline is the highest log-likelihood per character (``acc_char``). The LLaMA
+paper (§3) normalizes by characters everywhere except OpenBookQA and BoolQ, which it names as
+the two datasets where it follows Brown et al.; RACE is not among them. Brown et al. themselves
+scored RACE (with ARC and OpenBookQA) by ``log P(completion | context) - log P(completion |
+"Answer:")``, and the paper's "follow[s] the evaluation setup from Brown et al." could mean
+that too, so that rule is reported beside it (``acc_answer``, and its own columns in
+results.md's Table 6), as is the raw sum (``acc``).
 
 Data: the published RACE release, ``race/test/{middle,high}/*.txt`` under the data folder,
 one JSON object per file with ``article``, ``questions``, ``options`` (a list of four
