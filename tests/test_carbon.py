@@ -151,6 +151,24 @@ def test_cli_one_run(capsys: pytest.CaptureFixture) -> None:
     assert data["tco2eq"] == pytest.approx(0.154)
 
 
+def test_cli_prints_gpu_hours_as_written_and_defaults_to_the_papers_400_watts(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert carbon_main(["--gpu-hours", "1022362", "--power", "400"]) == 0
+    given = capsys.readouterr().out
+    assert "(1,022,362 GPU-h × 400 W × PUE 1.1)" in given and "e+06" not in given
+    assert "449.84 MWh" in given  # LLaMA-65B, Table 15 (printed 449: see the module docstring)
+    assert carbon_main(["--gpu-hours", "1022362"]) == 0
+    default = capsys.readouterr().out
+    assert default.splitlines()[:2] == given.splitlines()  # the same energy and tCO2eq
+    assert default.splitlines()[2].startswith("power   400 W per GPU, the default: the paper's")
+    assert carbon_main(["--gpu-hours", "1234.5", "--power", "250.25"]) == 0
+    assert "(1,234.5 GPU-h × 250.25 W" in capsys.readouterr().out
+    assert carbon_main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "default 400: the paper's figure for an A100-80GB" in help_text
+
+
 def test_cli_table15(capsys: pytest.CaptureFixture) -> None:
     assert carbon_main(["--table15"]) == 0
     out = capsys.readouterr().out
@@ -168,7 +186,7 @@ def test_cli_table15(capsys: pytest.CaptureFixture) -> None:
         ["--gpu-hours", "-5", "--power", "400"],
         ["--gpu-hours", "10", "--power", "400", "--pue", "0.9"],
         ["--gpu-hours", "ten", "--power", "400"],
-        ["--gpu-hours", "10"],
+        ["--power", "400"],
         ["--table15", "--power", "400"],
         ["--table15", "--intensity", "-1"],
         ["--frobnicate"],

@@ -6,6 +6,7 @@
 Run it (one CPU is enough; nothing here needs a GPU):
 
     pasture carbon --gpu-hours 82432 --power 400          # LLaMA-7B: 36.27 MWh, 13.96 tCO2eq
+    pasture carbon --gpu-hours 82432                      # the same: 400 W is the default
     pasture carbon --table15                              # the paper's Table 15, recomputed
     pasture carbon --table15 --json
 
@@ -320,7 +321,11 @@ def _parser() -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``pasture carbon`` (the CLI's subcommand table registers them)."""
     p.add_argument("--gpu-hours", type=float, help="GPU-hours of the run")
-    p.add_argument("--power", type=float, help="watts per GPU (the paper: 400 for an A100-80GB)")
+    p.add_argument(
+        "--power",
+        type=float,
+        help=f"watts per GPU (default {A100_POWER_WATTS:g}: the paper's figure for an A100-80GB)",
+    )
     p.add_argument("--pue", type=float, default=PUE, help=f"power usage effectiveness ({PUE})")
     p.add_argument(
         "--intensity",
@@ -344,6 +349,13 @@ def carbon_main(argv: list[str]) -> int:
     return 0
 
 
+def plain(value: float) -> str:
+    """A number as a person writes it: 1,022,362 and 1,234.5, never 1.02236e+06."""
+    from decimal import Decimal
+
+    return format(Decimal(repr(float(value))).normalize(), ",f")
+
+
 def run(args: argparse.Namespace) -> None:
     """Print what ``args`` (from ``add_arguments``) asks for; PastureError on bad values."""
     if args.table15:
@@ -361,14 +373,20 @@ def run(args: argparse.Namespace) -> None:
             f"{total['tco2eq']:,} tCO2eq (paper: {total['paper_tco2eq']:,})"
         )
         return
-    if args.gpu_hours is None or args.power is None:
-        raise PastureError("pass --gpu-hours H and --power W (or --table15)")
-    fp = Footprint(args.gpu_hours, args.power, args.pue, args.intensity)
+    if args.gpu_hours is None:
+        raise PastureError("pass --gpu-hours H [--power W] (or --table15)")
+    power = A100_POWER_WATTS if args.power is None else args.power
+    fp = Footprint(args.gpu_hours, power, args.pue, args.intensity)
     if args.json:
         print(json.dumps(fp.to_dict(), indent=2))
         return
     print(
-        f"energy  {fp.energy_mwh:,.2f} MWh  ({fp.gpu_hours:,g} GPU-h × {fp.power_watts:g} W"
-        f" × PUE {fp.pue:g})"
+        f"energy  {fp.energy_mwh:,.2f} MWh  ({plain(fp.gpu_hours)} GPU-h × "
+        f"{plain(fp.power_watts)} W × PUE {fp.pue:g})"
     )
     print(f"carbon  {fp.tco2eq:,.2f} tCO2eq  (× {fp.carbon_intensity:g} tCO2eq/MWh)")
+    if args.power is None:
+        print(
+            f"power   {plain(power)} W per GPU, the default: the paper's figure for an "
+            "A100-80GB (--power W for other GPUs)"
+        )
