@@ -52,10 +52,17 @@ def sample_dir(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def full_run(sample_dir: Path) -> Run:
+    """Every text file (no extension whitelist), so each later filter shows what it does."""
     inputs = github.find_inputs(sample_dir, github.Options())
     assert [p.name for p in inputs] == sorted(SAMPLES.values())
     [shard] = github.shards(inputs, github.Options())  # one shard: one dedup scope
-    return Run(shard)
+    return Run(shard, github.Options(extensions=None))
+
+
+@pytest.fixture(scope="module")
+def default_run(sample_dir: Path) -> Run:
+    inputs = github.find_inputs(sample_dir, github.Options())
+    return Run(inputs)
 
 
 def _tar_members(path: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
@@ -334,7 +341,7 @@ def test_archive_without_top_folder(tmp_path: Path) -> None:
             ),
         ],
     )
-    run = Run([archive])
+    run = Run([archive], github.Options(extensions=None))
     assert sorted(run.by_path) == [("flat-1234", ".github/ci.yml"), ("flat-1234", "src/app.py")]
     assert run.by_path["flat-1234", "src/app.py"].metadata["license"] == "MIT"
     assert run.by_path["flat-1234", "src/app.py"].id == "flat-1234/src/app.py"

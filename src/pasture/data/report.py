@@ -5,18 +5,32 @@ for the data actually built. Written as ``report.json`` and ``report.md``."""
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..errors import PastureError
+from ..files import write_text
 from .document import StageStats
 from .loader import mixture_report
 
+log = logging.getLogger("pasture.data")
+
 
 def build_report(
-    cfg: Any, jobs: list, shard_stats: list[dict], token_stats: list[dict], out: Path
+    cfg: Any,
+    jobs: list,
+    shard_stats: list[dict],
+    token_stats: list[dict],
+    out: Path,
+    skipped_inputs: dict[str, Counter] | None = None,
 ) -> dict[str, Any]:
     sources: dict[str, dict[str, Any]] = {}
+    # Inputs never read (links out of the input root, loops): a stage of their own, first.
+    for name, reasons in (skipped_inputs or {}).items():
+        entry = sources.setdefault(name, {"shards": 0, "documents": 0, "stages": {}})
+        entry["stages"]["inputs"] = StageStats(dropped=Counter(reasons))
     for stats in shard_stats:
         entry = sources.setdefault(stats["source"], {"shards": 0, "documents": 0, "stages": {}})
         entry["shards"] += 1
@@ -26,6 +40,10 @@ def build_report(
     for stats in token_stats:
         entry = sources[stats["source"]]
         entry["tokens"] = entry.get("tokens", 0) + stats["num_tokens"]
+    order = list(cfg.mixture) + sorted(set(sources) - set(cfg.mixture))
+    sources = {name: sources[name] for name in order if name in sources}
+    for entry in sources.values():
+        entry.setdefault("tokens", 0)
     for name, entry in sources.items():
         entry["stages"] = {stage: s.to_dict() for stage, s in entry["stages"].items()}
         shard_files = sorted((out / "tokens" / name).glob("*.bin"))
@@ -36,6 +54,12 @@ def build_report(
     empty = [n for n, w in cfg.mixture.items() if w > 0 and n not in built]
     if not built:
         raise PastureError(f"{out}: no source produced any tokens; nothing to mix")
+    for name in empty:
+        log.warning(
+            "%s: no documents left (%s); Table 1 leaves it out and renormalizes the others",
+            name,
+            _why_empty(sources.get(name)),
+        )
     tokens = {name: sources[name]["tokens"] for name in built}
     disk = {name: sources[name]["text_bytes"] for name in built}
     table, _ = mixture_report(tokens, built, cfg.token_budget, disk)
@@ -49,8 +73,19 @@ def build_report(
     }
 
 
+def _why_empty(entry: dict[str, Any] | None) -> str:
+    if not entry or not entry["shards"]:
+        return "no input files"
+    drops: Counter = Counter()
+    for stage in entry["stages"].values():
+        drops.update(stage["dropped"])
+    top = ", ".join(f"{reason} {n:,}" for reason, n in drops.most_common(3))
+    return f"dropped: {top}" if top else "its inputs held no documents"
+
+
 def _final_bytes(stages: dict[str, dict]) -> int:
-    last = list(stages.values())[-1] if stages else {"bytes_out": 0}
+    ran = [s for name, s in stages.items() if name != "inputs"]
+    last = ran[-1] if ran else {"bytes_out": 0}
     return last["bytes_out"]
 
 
@@ -75,6 +110,12 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{row['epochs']:,.2f} | {_size(row['disk_bytes'])} | {row['tokens']:,} | "
             f"{_size(row['token_shard_bytes'])} |"
         )
+    for name in report.get("empty_sources", []):
+        why = _why_empty(report["sources"].get(name))
+        lines.append(
+            f"\n**Warning: {name} is empty** ({why}): Table 1 leaves it out and renormalizes the "
+            "other sources' proportions."
+        )
     lines.append("\n## Stages\n")
     lines.append("| source | stage | docs in | docs out | bytes in | bytes out | dropped |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -89,10 +130,5 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    for name, text in (
-        ("report.json", json.dumps(report, indent=2)),
-        ("report.md", to_markdown(report)),
-    ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+    write_text(out / "report.json", json.dumps(report, indent=2))
+    write_text(out / "report.md", to_markdown(report))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pasture.errors import PastureError
+from pasture.files import atomic_file
 
 if TYPE_CHECKING:
     from pasture.data.tokenizer import Tokenizer
@@ -79,8 +81,8 @@ class ShardWriter:
         self.eos_id = eos_id
         self.bin_path = self.prefix.with_name(self.prefix.name + ".bin")
         self.idx_path = self.prefix.with_name(self.prefix.name + ".idx")
-        self._bin_tmp = self.bin_path.with_name(self.bin_path.name + ".tmp")
-        self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
+        self._stack: ExitStack | None = None
+        self._idx_tmp: Path | None = None
         self._eos = np.array([eos_id], dtype=self.dtype).tobytes()
         self._offsets = [0]
         self._file = None
@@ -94,12 +96,23 @@ class ShardWriter:
         return self._offsets[-1]
 
     def __enter__(self) -> ShardWriter:
+        # Exits run in reverse: the old .idx goes first, then .bin is renamed, then .idx, so a
+        # replaced shard never pairs an old .idx with the new .bin.
+        stack = ExitStack()
         try:
-            self.prefix.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+            self._idx_tmp = stack.enter_context(atomic_file(self.idx_path))
+            bin_tmp = stack.enter_context(atomic_file(self.bin_path))
+            stack.push(self._unlink_old_idx)
+            self._file = open(bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         except OSError as e:
-            raise PastureError(f"{self._bin_tmp}: cannot write ({e.strerror or e})") from e
+            stack.close()
+            raise PastureError(f"{self.bin_path}: cannot write ({e.strerror or e})") from e
+        self._stack = stack
         return self
+
+    def _unlink_old_idx(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.idx_path.unlink(missing_ok=True)
 
     def __exit__(
         self,
@@ -131,7 +144,7 @@ class ShardWriter:
 
     def close(self) -> None:
         """Finish: fsync, then rename ``.bin`` and, last, ``.idx`` to their final names."""
-        if self._file is None:
+        if self._file is None or self._stack is None:
             return
         try:
             self._file.flush()
@@ -150,13 +163,8 @@ class ShardWriter:
             with open(self._idx_tmp, "wb") as f:
                 f.write(header)
                 f.write(np.asarray(self._offsets, dtype=_OFFSET).tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            # A replaced shard must never pair an old .idx with the new .bin.
-            self.idx_path.unlink(missing_ok=True)
-            os.replace(self._bin_tmp, self.bin_path)
-            os.replace(self._idx_tmp, self.idx_path)
-            _fsync_dir(self.prefix.parent)
+            stack, self._stack = self._stack, None
+            stack.close()
         except OSError as e:
             self.abort()
             raise PastureError(f"{self.prefix}: cannot finish shard ({e.strerror or e})") from e
@@ -166,8 +174,10 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._bin_tmp.unlink(missing_ok=True)
-        self._idx_tmp.unlink(missing_ok=True)
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            err = RuntimeError("shard aborted")
+            stack.__exit__(type(err), err, None)  # the temporary files go, nothing is renamed
 
 
 class Shard:
@@ -281,17 +291,3 @@ def tokenize_documents(
         for ids in encode_batch(tokenizer, batch):
             writer.add(ids)
     return ShardStats(writer.prefix, writer.num_docs, writer.num_tokens, text_bytes)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

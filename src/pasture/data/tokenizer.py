@@ -17,7 +17,6 @@ import io
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from pasture.errors import PastureError
+from pasture.files import write_bytes
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # SentencePiece = GGUF
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
@@ -328,20 +328,7 @@ def _read(path: Path) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_bytes(path, data)
     except OSError as e:
         raise PastureError(f"{path}: cannot write ({e.strerror or e})") from e
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 is for the temporary name only
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise PastureError(f"{path}: cannot write ({e.strerror or e})") from e
-        raise

@@ -44,8 +44,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
+from pasture.data import streams
 from pasture.data.document import Context, Document, Step, map_step
+from pasture.data.inputs import within
 
 NAME = "arxiv"
 
@@ -60,6 +63,7 @@ class Options:
     expand_macros: bool = True
     max_macro_passes: int = 10  # macros that use macros: expand until nothing changes
     max_member_bytes: int = 20_000_000
+    max_paper_bytes: int = 64_000_000  # all of a paper's files read, and its expanded text
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -91,19 +95,48 @@ class _Damaged(Exception):
         self.reason = reason
 
 
-def _gunzip(raw: bytes) -> tuple[bytes, _Damaged | None]:
-    """All the bytes that decompress, and what stopped it early (gzip members may follow)."""
-    out, data = [], raw
-    while data:
-        d = zlib.decompressobj(wbits=31)
+class _Gunzip(io.RawIOBase):
+    """A gzip file (one or more members) decompressed as it is read, in bounded memory. It ends
+    at the first damage instead of raising, and keeps the damage in ``damage``: everything that
+    decompressed before it is still read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.inflater = zlib.decompressobj(wbits=31)
+        self.damage: _Damaged | None = None
+        self.buf, self.pos, self.done = b"", 0, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while self.pos >= len(self.buf) and not self.done:
+            self._fill()
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def _fill(self) -> None:
+        self.buf, self.pos = b"", 0
+        if self.inflater.eof:  # a member ended: another may follow
+            pending = self.inflater.unused_data or self.raw.read(_CHUNK)
+            if not pending:
+                self.done = True
+                return
+            self.inflater = zlib.decompressobj(wbits=31)
+        else:
+            pending = self.inflater.unconsumed_tail or self.raw.read(_CHUNK)
+            if not pending:
+                self.damage, self.done = _Damaged("truncated", "gzip stream ends early"), True
+                return
         try:
-            out.append(d.decompress(data))
+            self.buf = self.inflater.decompress(pending, _CHUNK)
         except zlib.error as exc:
-            return b"".join(out), _Damaged("corrupt", f"gzip: {exc}")
-        if not d.eof:
-            return b"".join(out), _Damaged("truncated", "gzip stream ends early")
-        data = d.unused_data
-    return b"".join(out), None
+            self.damage, self.done = _Damaged("corrupt", f"gzip: {exc}"), True
+
+
+_CHUNK = 1 << 20
 
 
 def _clean_name(name: str) -> str:
@@ -112,18 +145,41 @@ def _clean_name(name: str) -> str:
     return name.lstrip("/")
 
 
-def _untar(data: bytes, max_bytes: int, files: dict[str, bytes]) -> _Damaged | None:
-    """Read the regular files of a tar into ``files`` until the end or the damage."""
+def _untar(
+    stream: BinaryIO, opts: Options, files: dict[str, bytes], skipped: list[tuple[str, str]]
+) -> _Damaged | None:
+    """Read the regular files of a tar stream into ``files`` until the end or the damage, at
+    most ``max_member_bytes`` each and ``max_paper_bytes`` in all; links and devices are not
+    read and go to ``skipped``."""
+    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
             for member in tf:
-                if member.isfile() and member.size <= max_bytes:
-                    files[_clean_name(member.name)] = tf.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+                name = _clean_name(member.name)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    kind = "link_member" if member.issym() or member.islnk() else "special_member"
+                    skipped.append((name, kind))
+                elif member.size > opts.max_member_bytes or _SKIP_EXT.search(name.lower()):
+                    continue  # figures, data: never text the paper's TeX inputs
+                elif total + member.size > opts.max_paper_bytes:
+                    skipped.append((name, "too_large"))
+                else:
+                    files[name] = tf.extractfile(member).read()
+                    total += member.size
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         text = str(exc)
         reason = "truncated" if "unexpected end" in text or "EOF" in text else "corrupt"
         return _Damaged(reason, f"tar: {text}")
     return None
+
+
+# Members never read: they cannot be TeX input, and some are large.
+_SKIP_EXT = re.compile(
+    r"\.(pdf|png|jpe?g|gif|eps|ps|svg|tiff?|bmp|mp4|avi|mov|zip|gz|tgz|bz2|xz|tar|h5|npy|npz"
+    r"|pkl|fits|dat|csv|mat)$"
+)
 
 
 def _is_tar(data: bytes) -> bool:
@@ -150,32 +206,58 @@ def _arxiv_id(stem: str) -> str:
     return (new or old).group(0) if (new or old) else stem
 
 
-def _read_files(path: Path, max_bytes: int) -> tuple[dict[str, bytes], _Damaged | None]:
-    """The paper's files by relative path, and the damage that stopped reading, if any."""
+def _read_files(
+    path: Path, opts: Options, skipped: list[tuple[str, str]]
+) -> tuple[dict[str, bytes], _Damaged | None]:
+    """The paper's files by relative path, and the damage that stopped reading, if any. Files
+    not read (links that leave a paper folder) go to ``skipped`` with the reason."""
     files: dict[str, bytes] = {}
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.name == "README.md" or p.name.startswith("LICENSE-"):
                 continue  # the sample folder's own notes, not part of the paper
-            if p.is_file() and p.stat().st_size <= max_bytes:
+            if not within(p, path):  # a link out of the paper's folder: never followed
+                skipped.append((str(p), "symlink_outside_root"))
+                continue
+            if p.is_file() and p.stat().st_size <= opts.max_member_bytes:
                 files[p.relative_to(path).as_posix()] = p.read_bytes()
         return files, None
-    raw = path.read_bytes()
-    if not raw:
-        return files, _Damaged("empty_file", "")
-    damage, gzipped = None, raw[:2] == b"\x1f\x8b"
-    if gzipped:
-        raw, damage = _gunzip(raw)
-    if _is_tar(raw):
-        return files, _untar(raw, max_bytes, files) or damage
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+
+    def stream() -> tuple[BinaryIO, _Gunzip | None]:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        if not gzipped:
+            return raw, None
+        gunzip = _Gunzip(raw)
+        return io.BufferedReader(gunzip, _CHUNK), gunzip
+
+    f, gunzip = stream()
+    with f:
+        head = f.read(10240)
+        if not head:
+            damage = gunzip.damage if gunzip else None
+            return files, damage or _Damaged("empty_file", "")
+        if _is_tar(head):
+            f2, gunzip = stream()
+            with f2:
+                tar_damage = _untar(f2, opts, files, skipped)
+            return files, tar_damage or (gunzip.damage if gunzip else None)
+        rest, over = streams.read_capped(f, opts.max_member_bytes - len(head))
+        damage = gunzip.damage if gunzip else None
     if damage is not None:
         return files, damage
     name = path.name.lower()
-    if name.endswith((".tar", ".tar.gz", ".tgz")) or not gzipped or b"\x00" in raw[:8192]:
+    if name.endswith((".tar", ".tar.gz", ".tgz")) or not gzipped or b"\x00" in head[:8192]:
         return files, _Damaged("corrupt", "neither a tar nor a gzipped .tex file")
-    if not raw.strip():
+    if over:
+        return files, _Damaged("too_large", f"over max_member_bytes ({opts.max_member_bytes:,})")
+    data = head + rest
+    if not data.strip():
         return files, _Damaged("empty_file", "a gzipped empty file")
-    files[_paper_id(path) + ".tex"] = raw  # a single gzipped file: arXiv's form for one-file papers
+    files[_paper_id(path) + ".tex"] = (
+        data  # a single gzipped file: arXiv's form for one-file papers
+    )
     return files, None
 
 
@@ -265,18 +347,31 @@ def find_main(texts: dict[str, str]) -> str | None:
     return max(candidates, key=score)
 
 
-def expand_inputs(name: str, texts: dict[str, str], base: str = "", max_depth: int = 20) -> str:
+def expand_inputs(
+    name: str,
+    texts: dict[str, str],
+    base: str = "",
+    max_depth: int = 20,
+    max_chars: int = 64_000_000,
+) -> str:
     """The text of ``name`` with each ``\\input``/``\\include`` of a known file inlined.
 
     Unknown targets (packages such as ``\\input xy``, missing files) are left as they are; a file
-    that inputs itself, directly or not, is not expanded again.
+    that inputs itself, directly or not, is not expanded again, and nothing more is inlined
+    once the text would pass ``max_chars``.
     """
+
+    used = len(texts[name])
 
     def expand(current: str, stack: tuple[str, ...]) -> str:
         def replace(m: re.Match) -> str:
+            nonlocal used
             target = _resolve(m.group(1) or m.group(2), base, texts)
             if target is None or target in stack or len(stack) >= max_depth:
                 return m.group(0)
+            if used + len(texts[target]) > max_chars:
+                return m.group(0)  # one file inlined many times: the text stays bounded
+            used += len(texts[target])
             return expand(target, (*stack, target))
 
         return _INPUT.sub(replace, texts[current])
@@ -287,7 +382,11 @@ def expand_inputs(name: str, texts: dict[str, str], base: str = "", max_depth: i
 def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
     """One document per paper: the main file with comments removed and inputs inlined."""
     path = Path(path)
-    files, damage = _read_files(path, opts.max_member_bytes)
+    skipped: list[tuple[str, str]] = []
+    files, damage = _read_files(path, opts, skipped)
+    for member, reason in skipped:
+        where = member if path.is_dir() else f"{path}:{member}"
+        ctx.bad_input(where, reason)
     if damage is not None:
         ctx.bad_input(str(path), damage.reason, str(damage))
     if not files:
@@ -307,7 +406,9 @@ def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
         return
     base = _folder(main)
     meta["main_file"] = main
-    yield Document(expand_inputs(main, texts, base), stem, NAME, meta)
+    yield Document(
+        expand_inputs(main, texts, base, max_chars=opts.max_paper_bytes), stem, NAME, meta
+    )
 
 
 # --- the clean step: macros, preamble, bibliography ---------------------------------------

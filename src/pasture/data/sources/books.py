@@ -51,6 +51,9 @@ log = logging.getLogger("pasture.data")
 class Options:
     max_overlap: float = 0.9  # the paper: drop books with more than 90% content overlap
     shingle_words: int = 5
+    # Larger files are skipped (too_large): the dedup holds a book's shingles in memory. The
+    # largest Gutenberg books (dictionaries, complete works) are under 30 MB.
+    max_book_bytes: int = 32_000_000
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -103,6 +106,10 @@ def _decode(data: bytes) -> tuple[str, str]:
 def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
     """One document: the book's text without PG's header and license."""
     try:
+        size = path.stat().st_size
+        if size > opts.max_book_bytes:  # not read at all: a book is one record
+            ctx.bad_input(str(path), "too_large", f"{size:,} bytes > max_book_bytes")
+            return
         data = path.read_bytes()
     except OSError as err:
         ctx.bad_input(str(path), "unreadable", str(err))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from pasture.data import ccnet
+from pasture.data import ccnet, streams
 from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, map_step
 from pasture.errors import PastureError
 
@@ -67,6 +67,7 @@ class Options:
     min_language_score: float = 0.99  # C4's langdetect threshold
     fasttext_model: str | None = None
     bad_words_file: str | None = None  # default: the shipped LDNOOBW English list
+    max_record_bytes: int = 8_000_000  # a longer JSON line is skipped (record_too_large)
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -90,33 +91,47 @@ def normalize_timestamp(value: str) -> str:
 
 
 def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
-    opener = gzip.open if path.suffix == ".gz" else open
+    """One document per JSON line. A bad line (invalid UTF-8 or JSON, no text, too long) is
+    skipped and counted; the lines around it are still read."""
     try:
-        f = opener(path, "rt", encoding="utf-8")
+        f = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
     except OSError as e:
         ctx.bad_input(str(path), "unreadable", str(e))
         return
     with f:
-        lineno = 0
+        lineno, seen = 0, False
         try:
-            for lineno, line in enumerate(f):  # noqa: B007 - used after the loop
+            for lineno, line in enumerate(streams.lines(f, opts.max_record_bytes), start=1):
+                where = f"{path}:{lineno}"
+                if isinstance(line, int):
+                    ctx.bad_input(where, "record_too_large", f"a line of {line:,} bytes")
+                    continue
                 if not line.strip():
                     continue
+                seen = True
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.decode("utf-8"))
                     text = row["text"]
                     if not isinstance(text, str):
                         raise TypeError("text is not a string")
-                except (ValueError, KeyError, TypeError) as e:
-                    ctx.bad_input(f"{path}:{lineno + 1}", "malformed_record", str(e))
+                except UnicodeDecodeError as e:
+                    ctx.bad_input(where, "bad_encoding", str(e))
                     continue
-                meta = {"url": row.get("url", "")}
+                except (ValueError, KeyError, TypeError, RecursionError) as e:
+                    ctx.bad_input(where, "malformed_record", f"{type(e).__name__}: {e}"[:200])
+                    continue
+                meta = {"url": str(row.get("url", ""))}
                 stamp = row.get("timestamp", row.get("date"))
                 if stamp is not None:
                     meta["timestamp"] = normalize_timestamp(str(stamp))
-                yield Document(text=text, id=f"{path.name}/{lineno}", source=NAME, metadata=meta)
-        except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
-            ctx.bad_input(str(path), "truncated", f"after line {lineno + 1}: {e}")
+                yield Document(
+                    text=text, id=f"{path.name}/{lineno - 1}", source=NAME, metadata=meta
+                )
+        except (EOFError, OSError, zlib.error) as e:
+            ctx.bad_input(str(path), "truncated", f"after line {lineno}: {e}")
+            return
+    if not seen:
+        ctx.bad_input(str(path), "empty_file")
 
 
 def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from pasture.data import ccnet
+from pasture.data import ccnet, streams
 from pasture.data.document import Context, Document, Step, run_steps
 from pasture.errors import PastureError
 
@@ -66,6 +66,8 @@ class Options:
     keep_buckets: list[str] = field(default_factory=lambda: ["head", "middle"])
     reference_classifier: str | dict[str, str] | None = None  # model path or positives/negatives
     min_reference_score: float = 0.5
+    max_line_bytes: int = 1_000_000  # a longer line in a WET file drops its record
+    max_record_bytes: int = 8_000_000  # CommonCrawl truncates records at 1 MiB
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -82,27 +84,32 @@ def shards(inputs: list[Path], opts: Options) -> list[list[Path]]:
 
 def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
     if path.name.endswith((".wet", ".wet.gz")):
-        yield from read_wet(path, ctx)
+        yield from read_wet(path, ctx, opts)
     else:
-        yield from read_warc(path, ctx)
+        yield from read_warc(path, ctx, opts)
 
 
 # ---------------------------------------------------------------- WET
 
 _RECORD_START = {"WARC/1.0", "WARC/1.1"}
+_TOO_LARGE = "\x00too_large"  # a header key no WARC line can produce
 
 
 def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
 
 
-def _wet_records(path: Path, ctx: Context) -> Iterator[tuple[dict[str, str], list[str]]]:
+def _wet_records(
+    path: Path, ctx: Context, opts: Options
+) -> Iterator[tuple[dict[str, str], list[str]]]:
     """(headers, body lines) per record, split on ``WARC/1.0`` lines as CCNet's ``parse_doc``
     does: Content-Length is ignored (CCNet's own fixture gets it wrong). A record cut off by a
-    truncated file is not yielded."""
+    truncated file is not yielded; a line over ``max_line_bytes`` or a record over
+    ``max_record_bytes`` is cut out and counted (``record_too_large``)."""
     headers: dict[str, str] | None = None
     body: list[str] = []
     in_headers = False
+    size = 0
     try:
         f = _open(path)
     except OSError as e:
@@ -110,13 +117,27 @@ def _wet_records(path: Path, ctx: Context) -> Iterator[tuple[dict[str, str], lis
         return
     with f:
         try:
-            for raw in f:
+            for raw in streams.lines(f, opts.max_line_bytes):
+                if isinstance(raw, int):
+                    if headers is None or _TOO_LARGE not in headers:
+                        ctx.bad_input(str(path), "record_too_large", f"a line of {raw:,} bytes")
+                    if headers is not None:
+                        headers[_TOO_LARGE], body = "", []  # the record is dropped
+                    continue
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                 if line.strip() in _RECORD_START:
                     if headers is not None:
                         yield headers, body
-                    headers, body, in_headers = {}, [], True
-                elif headers is None:
+                    headers, body, in_headers, size = {}, [], True, 0
+                    continue
+                size += len(raw)
+                if headers is not None and (_TOO_LARGE in headers or size > opts.max_record_bytes):
+                    if _TOO_LARGE not in headers:
+                        ctx.bad_input(str(path), "record_too_large", f"over {size:,} bytes")
+                        headers[_TOO_LARGE] = ""
+                    body = []
+                    continue
+                if headers is None:
                     if line.strip():
                         headers = {"": line}  # text before any record: reported once, below
                         in_headers = False
@@ -135,11 +156,14 @@ def _wet_records(path: Path, ctx: Context) -> Iterator[tuple[dict[str, str], lis
         yield headers, body
 
 
-def read_wet(path: Path, ctx: Context) -> Iterator[Document]:
+def read_wet(path: Path, ctx: Context, opts: Options | None = None) -> Iterator[Document]:
     """CCNet's WET reading: title is the first line of a conversion record, the rest the text."""
+    opts = opts or Options()
     segment, crawl = path.name, None
-    for index, (headers, body) in enumerate(_wet_records(path, ctx)):
+    for index, (headers, body) in enumerate(_wet_records(path, ctx, opts)):
         where = f"{path}#record{index}"
+        if _TOO_LARGE in headers:
+            continue  # counted when it was cut
         warc_type = headers.get("WARC-Type")
         if "" in headers or warc_type is None:
             ctx.bad_input(where, "malformed_record", f"bad header line {headers.get('', '')!r}")
@@ -193,11 +217,12 @@ def _document(
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 
 
-def read_warc(path: Path, ctx: Context) -> Iterator[Document]:
+def read_warc(path: Path, ctx: Context, opts: Options | None = None) -> Iterator[Document]:
     """``response`` records with HTML; text by resiliparse main-content extraction, decoded with
     the HTTP charset, else a detected one. Truncated gzip → ``truncated``, records before stay."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
+    opts = opts or Options()
     segment = path.name
     try:
         f = _open(path)
@@ -212,7 +237,11 @@ def read_warc(path: Path, ctx: Context) -> Iterator[Document]:
                 if record.record_type == WarcRecordType.warcinfo:
                     segment = record.headers.get("WARC-Filename", segment)
                     continue
-                body = record.reader.read()
+                body = record.reader.read(opts.max_record_bytes + 1)
+                if len(body) > opts.max_record_bytes:
+                    where = f"{path}#record{index}"
+                    ctx.bad_input(where, "record_too_large", "over max_record_bytes")
+                    continue
                 doc = _warc_document(path, index, record, body, segment, ctx)
                 if doc is not None:
                     yield doc

@@ -28,6 +28,7 @@ from typing import BinaryIO
 from resiliparse.extract.html2text import extract_plain_text
 
 from pasture.data.document import Context, Document, Step, filter_step
+from pasture.data.streams import TagTooLarge, capped_xml
 
 NAME = "stackexchange"
 
@@ -68,6 +69,7 @@ LARGEST_SITES = (
 @dataclass
 class Options:
     sites: Sequence[str] = LARGEST_SITES  # ("*",) keeps every site
+    max_row_chars: int = 16_000_000  # a longer <row …/> (one post) stops reading its file
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -115,12 +117,19 @@ class _Site:
         self.questions: dict[str, dict[str, str]] = {}  # by Id, in file order
         self.answers: dict[str, list[dict[str, str]]] = {}  # by ParentId
 
-    def add(self, row: dict[str, str]) -> None:
+    def add(self, row: dict[str, str]) -> str | None:
+        """Keep a question or an answer; the reason when the row is unusable, else None."""
         kind = row.get("PostTypeId")
-        if kind == _QUESTION and row.get("Id"):
+        if kind not in (_QUESTION, _ANSWER):
+            return None  # wiki excerpts, tag descriptions, ...: not part of a question
+        key = "Id" if kind == _QUESTION else "ParentId"
+        if _int(row.get(key)) is None or _int(row.get("Id")) is None:
+            return "malformed_record"
+        if kind == _QUESTION:
             self.questions[row["Id"]] = row
-        elif kind == _ANSWER and row.get("ParentId"):
+        else:
             self.answers.setdefault(row["ParentId"], []).append(row)
+        return None
 
     def documents(self) -> Iterator[Document]:
         for qid, question in self.questions.items():
@@ -136,7 +145,7 @@ class _Site:
                     "site": self.site,
                     "title": title,
                     "url": f"https://{self.site}/questions/{qid}",
-                    "question_id": int(qid),
+                    "question_id": _int(qid),
                     "score": _int(question.get("Score")),
                     "tags": _tags(question.get("Tags", "")),
                     "created": question.get("CreationDate", ""),
@@ -170,18 +179,24 @@ def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
     parser = ET.XMLPullParser(("start", "end"))
     failure: tuple[str, str] | None = None
     seen_text = closing = False
+
+    def cut(length: int) -> None:
+        ctx.bad_input(str(path), "text_too_large", f"{length:,} characters of text left out")
+
     try:
         with open(path, "rb") as stream:
-            for text in _decoded_chunks(stream):
+            for text in capped_xml(_decoded_chunks(stream), opts.max_row_chars, cut):
                 seen_text = seen_text or bool(text.strip())
                 parser.feed(text)
-                _collect(parser, site)
+                _collect(parser, site, ctx)
         if seen_text:
             closing = True
             parser.close()
-            _collect(parser, site)
+            _collect(parser, site, ctx)
         else:
             failure = ("empty_file", "")
+    except TagTooLarge as err:
+        failure = ("record_too_large", str(err))
     except UnicodeDecodeError as err:
         failure = ("bad_encoding", str(err))
     except EOFError as err:
@@ -193,7 +208,7 @@ def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
         failure = ("unreadable", str(err))
     if failure is not None:
         with contextlib.suppress(ET.ParseError):
-            _collect(parser, site)  # rows the parser finished before the damage
+            _collect(parser, site, ctx)  # rows the parser finished before the damage
     yield from site.documents()
     if failure is not None:
         ctx.bad_input(str(path), *failure)
@@ -214,11 +229,14 @@ def _decoded_chunks(stream: BinaryIO) -> Iterator[str]:
         raise EOFError(f"file ends inside a character: {err}") from err
 
 
-def _collect(parser: ET.XMLPullParser, site: _Site) -> None:
+def _collect(parser: ET.XMLPullParser, site: _Site, ctx: Context) -> None:
     for event, elem in parser.read_events():
         if event == "start":
             site.root = site.root if site.root is not None else elem
         elif elem.tag == "row":
-            site.add(dict(elem.attrib))
+            reason = site.add(dict(elem.attrib))
+            if reason is not None:
+                where = f"{site.path}:Id={elem.get('Id', '')[:40]!r}"
+                ctx.bad_input(where, reason, "Id and ParentId must be integers")
             if site.root is not None and len(site.root) and site.root[-1] is elem:
                 site.root.remove(elem)  # keep memory flat; the row is in ``site`` now

@@ -44,6 +44,7 @@ from mwparserfromhell.parser import ParserError
 from mwparserfromhell.wikicode import Wikicode
 
 from pasture.data.document import Context, Document, Step, filter_step, map_step
+from pasture.data.streams import TagTooLarge, capped_xml
 
 NAME = "wikipedia"
 
@@ -58,6 +59,8 @@ PAPER_LANGUAGES = (
 class Options:
     languages: tuple[str, ...] = PAPER_LANGUAGES
     namespaces: tuple[int, ...] = (0,)  # articles only
+    # Longest XML text run (a page's wikitext, escaped) read; MediaWiki caps pages at 2 MB.
+    max_text_chars: int = 16_000_000
 
 
 _COMPRESSED = {".bz2", ".xz", ".gz"}
@@ -225,12 +228,19 @@ def read(path: Path, ctx: Context, opts: Options) -> Iterator[Document]:
             if root is not None and elem in root:
                 root.remove(elem)  # keep memory flat: each page is dropped once read
 
+    def cut(length: int) -> None:
+        ctx.bad_input(str(path), "text_too_large", f"{length:,} characters of text left out")
+
     try:
         with _open(path) as stream:
-            for text in _decoded_chunks(stream):
+            for text in capped_xml(_decoded_chunks(stream), opts.max_text_chars, cut):
                 seen_text = seen_text or bool(text.strip())
                 parser.feed(text)
                 yield from pages()
+    except TagTooLarge as err:
+        yield from _drain(pages)
+        ctx.bad_input(str(path), "record_too_large", str(err))
+        return
     except EOFError as err:  # a compressed stream that ends before its end-of-stream marker
         yield from _drain(pages)
         ctx.bad_input(str(path), "truncated", str(err))
