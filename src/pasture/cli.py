@@ -303,6 +303,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         seed=args.seed,
         samples=args.samples,
         batch_size=args.batch_size,
+        allow_uncontained_code=args.allow_uncontained_code,
     )
     lm = PastureLM(model, ckpt.tokenizer, batch_size=args.batch_size)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
@@ -473,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="RealToxicityPrompts scorer: a command reading JSON lines, writing scores "
         "(else $PASTURE_PERSPECTIVE_KEY for the Perspective API)",
     )
+    p.add_argument(
+        "--allow-uncontained-code",
+        action="store_true",
+        help="run HumanEval/MBPP programs even where the sandbox cannot contain them: "
+        "model-written code then gets network and write access to this machine",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -497,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         func(args)
     except PastureError as e:
         print(f"pasture: error: {e}", file=sys.stderr)
+        if "torch.distributed" in sys.modules:  # a rank of torchrun: exit with status 2
+            from .parallel.mesh import shutdown_distributed
+
+            shutdown_distributed()
         return 2
     except KeyboardInterrupt:
         print("pasture: interrupted", file=sys.stderr)
