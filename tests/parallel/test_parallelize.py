@@ -10,11 +10,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
+import launch
 import pytest
 import torch
 
@@ -40,21 +38,13 @@ def _reference_losses(preset_name: str) -> list[float]:
     return _load_worker().train(preset_name, 1, STEPS, "none", False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, tmp_path: Path, *worker_args: str) -> list[float]:
-    out = tmp_path / "losses.json"
+    out, log = tmp_path / "losses.json", tmp_path / "torchrun.log"
     command = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc-per-node", str(nproc), "--master-port", str(_free_port()),
+        *launch.TORCHRUN, "--nproc-per-node", str(nproc), "--master-port", str(launch.free_port()),
         str(WORKER), "--steps", str(STEPS), "--out", str(out), *worker_args,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert launch.run(command, log, timeout=240) == 0, launch.tail([log])
     return json.loads(out.read_text())
 
 

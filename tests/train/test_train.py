@@ -154,62 +154,35 @@ def test_export_matches_transformers(tmp_path: Path) -> None:
         export(empty, tmp_path / "x", "hf")
 
 
-def _free_port() -> int:
-    import socket
+def test_a_second_run_on_a_live_run_folder_fails_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pasture.train import checkpoint
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(run_dir: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(_free_port()),
-        "-m",
-        "pasture.cli",
-        "train",
-        "--config",
-        str(REPO / "configs" / "train" / "debug.toml"),
-        *(
-            f"--set={s}"
-            for s in [
-                *SMALL,
-                f"run_dir={run_dir}",
-                "steps=12",
-                "checkpoint_every=4",
-                "batch_tokens=8192",
-            ]
-        ),
-        *extra,
-    ]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-
-
-def test_two_process_fsdp_run_resumes_bit_identically(tmp_path: Path) -> None:
-    import os
-
-    clean = _torchrun(tmp_path / "clean")
-    assert clean.wait(timeout=300) == 0, clean.stderr.read()[-3000:]
-    shutil.copytree(tmp_path / "clean" / "data", tmp_path / "killed" / "data")
-    killed = _torchrun(tmp_path / "killed")
-    marker = tmp_path / "killed" / "checkpoints" / "step-00000004"
-    deadline = time.time() + 120
-    while time.time() < deadline and not marker.exists():
-        time.sleep(0.02)
-    os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both ranks
-    killed.wait()
-    assert marker.exists() and max(_losses(tmp_path / "killed")) < 12
-    resumed = _torchrun(tmp_path / "killed", "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
-    assert _losses(tmp_path / "killed") == _losses(tmp_path / "clean")
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # another live process holds the run folder's lock
+        [
+            sys.executable, "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); f.write('pid 1 on elsewhere');"
+            " f.flush(); fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True);"
+            " time.sleep(120)",
+            str(run / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(checkpoint, "LOCK_WAIT_S", 0.5)
+        with pytest.raises(PastureError, match=r"run: in use by another training process"):
+            train(_config(run, steps=6))
+        assert not (run / "config.json").exists()  # refused before any work
+    finally:
+        holder.kill()
+        holder.wait()
+    train(_config(run, steps=6, checkpoint_every=6))  # a dead holder's lock is free
+    assert (run / "checkpoints" / "step-00000006").is_dir()
 
 
 def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:

@@ -10,14 +10,28 @@ folders are ignored and removed. The last ``keep`` checkpoints are kept.
 copied to CPU memory at the step (training waits only for that copy), a background thread writes
 it into the same ``.tmp`` folder, and the folder is renamed only once the write has finished on
 every rank. At most one save is in flight: the next save, and the end of training, wait for it.
+
+Resuming is decided once, for every rank (``resume_point``): rank 0 lists the checkpoints (or
+takes ``--resume PATH``) and the others take its answer, then every rank reads the chosen
+checkpoint and all compare what they read before loading, and their (step, steps left) after
+it (``agree_on_progress``). A disagreement (ranks handed different ``--resume`` values, a run
+folder that differs between nodes) fails on every rank with one line instead of a hang. While
+a run trains, rank 0 holds ``RUN/.lock`` (``run_lock``): a second run on the same folder fails.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import shutil
+import socket
+import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +187,139 @@ class Checkpointer:
 def latest(run_dir: Path) -> Path | None:
     found = checkpoint_dirs(run_dir)
     return found[-1] if found else None
+
+
+# --- one decision for every rank -------------------------------------------------------------
+
+
+def _gather(values: list[int]) -> list[list[int]]:
+    """Every rank's ``values`` (the same length on each), on every rank, in rank order."""
+    if not dist.is_initialized():
+        return [values]
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    return [t.tolist() for t in everyone]
+
+
+def _digest(value: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:7], "big")
+
+
+def _ranks(rows: list[list[int]], column: int) -> str:
+    return ", ".join(f"rank {r}: {row[column]}" for r, row in enumerate(rows))
+
+
+LOCK_WAIT_S = 10.0  # a killed predecessor's lock is released within milliseconds
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Rank 0 holds an exclusive lock on ``RUN/.lock`` for the block; if another live process
+    holds it (a run still training in this folder, such as ranks a killed launcher left behind
+    on a system that does not end them), every rank fails with one line naming its holder.
+    A lock (``flock``) dies with its process, so a killed run never leaves a stale one."""
+    handle = None
+    held = True
+    if _rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")  # noqa: SIM115  (held for the whole block)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    held = False
+                    break
+                time.sleep(0.1)
+        if held:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+    try:
+        if not all(row[0] for row in _gather([int(held)])):
+            holder = ""
+            with suppress(OSError):
+                holder = (run_dir / ".lock").read_text().strip()
+            raise PastureError(
+                f"{run_dir}: in use by another training process ({holder or 'see RUN/.lock'}); "
+                "stop it (all its ranks) or choose another run_dir"
+            )
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _read_step(path: Path) -> tuple[int, str]:
+    """(step, "") from the checkpoint's train_state.json, or (-1, the problem)."""
+    state_file = path / "train_state.json"
+    try:
+        step = json.loads(state_file.read_text())["step"]
+    except FileNotFoundError:
+        return -1, f"{path}: not a complete checkpoint (no train_state.json)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return -1, f"{state_file}: unreadable ({type(e).__name__}: {str(e)[:100]})"
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return -1, f"{state_file}: step {step!r} is not a step number"
+    return step, ""
+
+
+def resume_point(run_dir: Path, resume: str | bool) -> Path | None:
+    """The checkpoint every rank resumes from (``None``: start at step 0), decided once.
+
+    ``resume`` is True (the latest checkpoint of ``run_dir``), a path, or False. Rank 0 alone
+    lists the checkpoints; the others build the same path from its step. Then each rank reads
+    the chosen checkpoint's step, and all must agree before any rank loads.
+    """
+    chosen = -1
+    if _rank() == 0 and resume is True:
+        found = latest(run_dir)
+        chosen = int(found.name.removeprefix(PREFIX)) if found else -1
+    rows = _gather([_digest(resume), chosen])
+    if len({row[0] for row in rows}) > 1:
+        raise PastureError(
+            f"the ranks were given different --resume values (this rank: {resume!r}); "
+            "give every rank the same command"
+        )
+    chosen = rows[0][1]
+    if resume is True:
+        path = run_dir / "checkpoints" / f"{PREFIX}{chosen:08d}" if chosen >= 0 else None
+    else:
+        path = Path(resume) if resume else None
+    step, problem = _read_step(path) if path is not None else (-1, "")
+    rows = _gather([int(not problem), step])
+    bad = [r for r, row in enumerate(rows) if not row[0]]
+    if bad:
+        raise PastureError(
+            problem
+            or f"{path}: rank(s) {', '.join(map(str, bad))} cannot read this checkpoint; "
+            "every rank must see the same run folder"
+        )
+    if len({row[1] for row in rows}) > 1:
+        raise PastureError(
+            f"{path}: the ranks read different steps ({_ranks(rows, 1)}); "
+            "every rank must see the same run folder"
+        )
+    return path
+
+
+def agree_on_progress(step: int, steps: int, train_state: object) -> None:
+    """After loading: every rank at the same step, with the same steps left and the same data
+    position, or every rank fails here (a rank that ran on alone would hang the others)."""
+    rows = _gather([step, steps - step, _digest(json.dumps(train_state, sort_keys=True))])
+    for column, what in ((0, "step"), (1, "steps left"), (2, "data-loader state digest")):
+        if len({row[column] for row in rows}) > 1:
+            raise PastureError(
+                f"the ranks disagree after loading the checkpoint: {what} ({_ranks(rows, column)})"
+                "; give every rank the same command and run folder"
+            )
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh
 from tqdm import tqdm
 
 from ..carbon.footprint import PAPER_TABLE15, EnergyMeter, to_markdown
@@ -275,6 +276,20 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     rank, world, device = init_distributed()
     device = _device(cfg, device)
     mesh = build_mesh(world, cfg.parallel.tp, device.type)
+    run_dir = Path(cfg.run_dir)
+    with checkpoint.run_lock(run_dir):  # one training process group per run folder
+        return _train(cfg, resume, bench_settings, rank, world, device, mesh)
+
+
+def _train(
+    cfg: TrainConfig,
+    resume: str | bool,
+    bench_settings: EvalSettings | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+    mesh: DeviceMesh | None,
+) -> dict[str, Any]:
     dp_rank, dp_world = rank, world
     if mesh is not None:
         dp_rank, dp_world = mesh["dp_shard"].get_local_rank(), mesh["dp_shard"].size()
@@ -322,13 +337,14 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     )
     checkpointer = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints, cfg.checkpoint_async)
     start = 0
-    path = checkpoint.latest(run_dir) if resume is True else (Path(resume) if resume else None)
+    path = checkpoint.resume_point(run_dir, resume)  # decided once, for every rank
     if resume is True and path is None and rank == 0:
         tqdm.write(f"pasture: no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
     if path is not None:
         state = checkpoint.load(path, model, optimizer)
         loader.load_state_dict(state["loader"])
         start = state["step"]
+        checkpoint.agree_on_progress(start, cfg.steps, state["loader"])
 
     autocast = cfg.parallel.mixed_precision == "bf16" and mesh is None and device.type == "cuda"
     peak = peak_flops(device, cfg.peak_tflops)
