@@ -18,7 +18,7 @@ from pasture.data.sources import arxiv
 PAPERS = {
     "eprint/1602.00123.tar": (
         "Unconventional_pairing.tex",
-        r"\section{SUPPLEMENTAL MATERIAL}",
+        "Conventional superconductors are well understood",  # its %\section{Introduction}
         "refers to the vertex geometry",
         ("BAN", r"\ensuremath{B_{1g}\,}"),
     ),
@@ -137,11 +137,42 @@ def test_macros_with_arguments_expanded(full_run: Run) -> None:
     assert r"\operatorname{Tr}" in text and "\\tr " not in text  # \DeclareMathOperator
 
 
-def test_letter_without_sections_keeps_only_its_supplement(full_run: Run) -> None:
-    # 1602.00123 comments out its \section headings; its first real one is the supplement, so
-    # LLaMA's rule ("everything before the first section" goes) keeps only that.
+def test_commented_out_headings_keep_the_body(full_run: Run) -> None:
+    # 1602.00123 comments out \section{Introduction} and \section{Results}; its first live
+    # heading is the supplement. The commented-out heading marks where the body starts (as in
+    # RedPajama, which finds headings before removing comments): the letter keeps its body.
     text = full_run.by_id["1602.00123"].text
-    assert text.startswith(r"\section{SUPPLEMENTAL MATERIAL}") and len(text) < 3000
+    assert len(text) == 25_478  # 1,975 when only the supplement was kept
+    assert "below a critical transition temperature" in text  # the introduction
+    assert "friends and foes" in text  # the results, before the supplement
+    assert r"\section{SUPPLEMENTAL MATERIAL}" in text
+    assert (
+        "We study the temperature-dependent electronic" not in text
+    )  # the abstract still goes with the front matter
+    assert r"\maketitle" not in text
+    # 1801.03879 comments out the template's \section{Typesetting instructions}: only
+    # commands lie between it and \section{Introduction}, where the body starts.
+    assert full_run.by_id["1801.03879-1"].text.startswith(r"\section{Introduction}")
+
+
+def test_first_heading_rule() -> None:
+    opts = arxiv.Options()
+    head = "\\documentclass{article}\n\\begin{document}\n\\title{T}\\maketitle\n"
+
+    def cleaned(body: str) -> str | None:
+        read = arxiv.strip_comments(head + body + "\\end{document}\n", keep_headings=True)
+        return arxiv.clean(read, opts)
+
+    assert cleaned("% \\section{Intro}\nText.\n%\\section{Results}\nMore.\n") == "Text.\nMore.\n"
+    assert cleaned("%\\section{Old}\n\\newcounter{c}\n\\section{New}\nText.\n") == (
+        "\\section{New}\nText.\n"
+    )
+    assert cleaned("%\\section{Intro}\nText.\n\\section{Appendix}\nA.\n") == (
+        "Text.\n\\section{Appendix}\nA.\n"
+    )
+    # a heading inside a comment environment is not the author's structure
+    assert cleaned("\\begin{comment}\n%\\section{X}\n\\end{comment}\nNo heading.\n") is None
+    assert arxiv.strip_comments("%\\section{X}\nA % b\n") == "A \n"  # by default, all go
 
 
 def test_single_gzipped_tex_and_truncated_eprint(root: Path, tmp_path: Path) -> None:
