@@ -7,6 +7,7 @@ import gzip
 import html
 import lzma
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,57 @@ def test_find_inputs_and_shards(shared_data: Path) -> None:
         "jawiki-truncated-100k.xml.xz",
         "ukwiki-truncated-100k.xml.xz",
     ]
-    assert wikipedia.shards(inputs, OPTS) == [[p] for p in inputs]
+    # the two enwiki dumps may hold the same pages (one has no page range): one shard
+    assert [[p.name for p in shard] for shard in wikipedia.shards(inputs, OPTS)] == [
+        [inputs[0].name],
+        [inputs[1].name],
+        [inputs[2].name, inputs[3].name],
+        [inputs[4].name],
+        [inputs[5].name],
+    ]
+
+
+def _build_shards(root: Path, work_dir: Path, opts=OPTS) -> tuple[list[Document], Context]:
+    """Every shard of ``root`` as the build runs it: prepare, then read → steps per shard."""
+    wikipedia.prepare(opts, root, work_dir)
+    ctx, docs = Context(shard="test"), []
+    for shard in wikipedia.shards(wikipedia.find_inputs(root, opts), opts):
+        read = (d for path in shard for d in wikipedia.read(path, ctx, opts))
+        docs += run_steps(read, wikipedia.steps(opts, work_dir), ctx)
+    return docs, ctx
+
+
+def test_ids_unique_and_the_newest_revision_kept(wiki: Path, tmp_path: Path) -> None:
+    # enwiki/316 is in both enwiki samples: revision 708657499 (2016) and 816755349 (2017).
+    root = tmp_path / "in"
+    (root / "wikipedia").mkdir(parents=True)
+    names = [p.name for p in wiki.glob("enwiki-*")]
+    for name in names:
+        shutil.copyfile(wiki / name, root / "wikipedia" / name)
+    docs, ctx = _build_shards(root, tmp_path / "work")
+    ids = [d.id for d in docs]
+    assert len(ids) == len(set(ids)) == 110  # 111 before: enwiki/316 twice
+    page = [d for d in docs if d.id == "enwiki/316"]
+    assert [d.metadata["revision_id"] for d in page] == [816755349]
+    assert page[0].metadata["file"] == "enwiki-table-markup.xml.bz2"
+    assert dropped(ctx, "dedup") == {"older_revision": 1}
+
+
+def test_identical_dumps_kept_once_and_ranges_shard_apart(wiki: Path, tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    (root / "wikipedia").mkdir(parents=True)
+    data = (wiki / "dewiki-20170701-sample.xml").read_bytes()
+    for name in ("dewiki-a.xml", "dewiki-b.xml"):
+        (root / "wikipedia" / name).write_bytes(data)
+    once, _ = run_source(wiki / "dewiki-20170701-sample.xml", tmp_path / "none")
+    docs, ctx = _build_shards(root, tmp_path / "work")
+    assert [(d.id, d.text) for d in docs] == [(d.id, d.text) for d in once]
+    assert dropped(ctx, "dedup") == {"duplicate": 79}  # every page of the second copy
+    assert {d.metadata["file"] for d in docs} == {"dewiki-a.xml"}
+    # split dumps name their page ranges: disjoint ranges are separate shards
+    names = ["dewiki-x.xml-p1p99.bz2", "dewiki-x.xml-p100p199.bz2", "dewiki-y.xml-p150p250.bz2"]
+    paths = [root / "wikipedia" / n for n in names]
+    assert wikipedia.shards(paths, OPTS) == [[paths[1], paths[2]], [paths[0]]]  # sorted
 
 
 def test_japanese_is_out_of_the_paper_languages(wiki: Path, tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ boilerplate". Here:
   tables, comments, references, file/category links and bold/italic markup go; headings stay
   as lines of text.
 
-Document ids are ``<dbname>/<page id>`` (``dewiki/1234``): stable, and unique across wikis.
+Document ids are ``<dbname>/<page id>`` (``dewiki/1234``): stable, and unique within the
+source. Two dumps of one wiki may hold the same page (two dates, or a partial dump beside a
+full one): the dumps of a wiki whose page ranges overlap (``…-p10p30302…`` in the file name;
+a file without a range overlaps all its wiki's files) form one shard, ``prepare`` reads them
+once for each repeated page's newest revision, and the ``dedup`` step keeps that revision only
+(older ones are dropped as ``older_revision``, further copies of the same revision as
+``duplicate``). A revision id only grows, so the newest revision is the page as the latest
+dump has it, even when that made it a redirect or moved it out of the articles.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
+import json
 import lzma
 import re
 import xml.etree.ElementTree as ET
@@ -43,8 +51,10 @@ from mwparserfromhell.nodes import (
 from mwparserfromhell.parser import ParserError
 from mwparserfromhell.wikicode import Wikicode
 
-from pasture.data.document import Context, Document, Step, filter_step, map_step
+from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, map_step
+from pasture.data.inputs import printable, why_not_readable
 from pasture.data.streams import TagTooLarge, capped_xml
+from pasture.files import write_text
 
 NAME = "wikipedia"
 
@@ -78,17 +88,110 @@ def find_inputs(root: Path, opts: Options) -> list[Path]:
 
 
 def shards(inputs: list[Path], opts: Options) -> list[list[Path]]:
-    return [[path] for path in inputs]
+    """One shard per dump, but the dumps of one wiki whose page ranges overlap go together:
+    a page repeated across dumps is then deduplicated inside its shard."""
+    groups: list[list[tuple[Path, tuple[int, int] | None]]] = []
+    by_wiki: dict[str, list[list[tuple[Path, tuple[int, int] | None]]]] = {}
+    for path in sorted(inputs):
+        item = (path, _page_range(path))
+        wiki_groups = by_wiki.setdefault(_wiki_of(path), [])
+        overlapping = [g for g in wiki_groups if any(_overlap(item[1], r) for _, r in g)]
+        merged = [item] + [x for g in overlapping for x in g]
+        for g in overlapping:
+            wiki_groups.remove(g)
+            groups.remove(g)
+        wiki_groups.append(merged)
+        groups.append(merged)
+    return sorted(sorted(p for p, _ in g) for g in groups)
+
+
+_RANGE = re.compile(r"-p(\d+)p(\d+)")  # enwiki-…-pages-articles1.xml-p10p30302.bz2
+
+
+def _page_range(path: Path) -> tuple[int, int] | None:
+    m = _RANGE.search(path.name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    return a is None or b is None or (a[0] <= b[1] and b[0] <= a[1])
+
+
+_HEAD_CHARS = 1 << 16
+
+
+def _wiki_of(path: Path) -> str:
+    """The wiki a dump's document ids name (its ``<dbname>``), from the head of the dump as
+    ``read`` finds it; "" when the head cannot be read (the reader reports why)."""
+    dump, head = _Dump(path), ""
+    try:
+        with _open(path) as stream:
+            for chunk in _decoded_chunks(stream):
+                head += chunk
+                if len(head) >= _HEAD_CHARS:
+                    break
+    except (OSError, EOFError, UnicodeDecodeError, lzma.LZMAError, zlib.error):
+        pass
+    head = head[:_HEAD_CHARS]
+    if lang := re.search(r"<mediawiki\b[^>]*\sxml:lang=\"([^\"]+)\"", head):
+        dump.dbname = f"{lang.group(1).replace('-', '_')}wiki"
+    if dbname := re.search(r"<dbname>([^<]*)</dbname>", head):
+        dump.dbname = dbname.group(1) or dump.dbname
+    return dump.dbname
+
+
+NEWEST = "newest_revisions.json"
 
 
 def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
-    pass
+    """For the shards of several dumps, each repeated page's newest revision, in ``NEWEST``."""
+    inputs = [p for p in find_inputs(input_root, opts) if why_not_readable(p, input_root) is None]
+    newest: dict[str, int] = {}
+    for shard in shards(inputs, opts):
+        if len(shard) < 2:
+            continue  # a dump holds each page once
+        seen: dict[str, tuple[int, int]] = {}  # id -> (newest revision, copies)
+        for path in shard:
+            for doc in read(path, Context(shard="prepare"), opts):
+                revision, copies = seen.get(printable(doc.id), (-1, 0))
+                seen[printable(doc.id)] = (max(revision, _revision(doc)), copies + 1)
+        newest.update({i: rev for i, (rev, copies) in seen.items() if copies > 1})
+    write_text(work_dir / NEWEST, json.dumps(dict(sorted(newest.items())), indent=0) + "\n")
+
+
+def _revision(doc: Document) -> int:
+    revision = doc.metadata["revision_id"]
+    return -1 if revision is None else revision
+
+
+def dedup_step(newest: dict[str, int]) -> Step:
+    """Keep, of a page repeated across a shard's dumps, its newest revision once."""
+
+    def run(docs, ctx: Context):
+        kept: set[str] = set()
+        for doc in docs:
+            revision = newest.get(doc.id)
+            if revision is None:
+                yield doc
+            elif _revision(doc) != revision:
+                ctx.drop(doc, "older_revision")
+            elif doc.id in kept:
+                ctx.drop(doc, "duplicate")
+            else:
+                kept.add(doc.id)
+                yield doc
+
+    return FunctionStep("dedup", run)
 
 
 def steps(opts: Options, work_dir: Path) -> list[Step]:
+    """The filters; with ``prepare``'s table in ``work_dir``, dedup across dumps first."""
     languages = set(opts.languages)
     namespaces = set(opts.namespaces)
+    table = work_dir / NEWEST
+    newest = json.loads(table.read_text()) if table.is_file() else {}
     return [
+        dedup_step(newest),
         filter_step("namespace", lambda d: None if d.metadata["ns"] in namespaces else "namespace"),
         filter_step("redirect", lambda d: "redirect" if d.metadata["redirect"] else None),
         filter_step(
