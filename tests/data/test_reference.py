@@ -3,7 +3,9 @@ TFDS's C4 (``c4_utils``, LDNOOBW at the commit C4 used) and RedPajama-Data v1's 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 from pathlib import Path
 
 from pasture.data.document import Context, Document, run_steps
@@ -50,3 +52,41 @@ def test_github_keeps_redpajamas_source_extensions(shared_data: Path) -> None:
     assert all(p.endswith(github.REDPAJAMA_EXTENSIONS) for p in paths)
     for name in (".yml", ".json", ".gitignore", ".expected", ".toml"):
         assert not [p for p in paths if p.endswith(name)], name
+
+
+def test_c4_page_cap_and_url_dedup_as_tfds(shared_data: Path, tmp_path: Path) -> None:
+    # TFDS c4.py: split_wet_file | is_valid_length (190,000) | normalize_url + select_newest_page
+    with gzip.open(shared_data / "pretrain/c4/c4-en-train.00000-of-01024_first1000.jsonl.gz") as f:
+        real = [json.loads(line) for _, line in zip(range(6), f, strict=False)]
+    assert c4.normalize_url("http://www.a.com/x/?utm_source=feed&b=1") == "a.com/x"
+    assert c4.normalize_url("https://a.com/x//") == "a.com/x"
+    assert c4.normalize_url("https://a.com/x?refresh=1") == "a.com/x"  # "?ref…", as C4
+    assert c4.normalize_url("https://a.com/x?id=1") == "a.com/x?id=1"
+    older = dict(real[0], url=real[0]["url"].replace("https://", "http://www.") + "?utm_x=1")
+    older["timestamp"] = "2019-04-20 00:00:00"
+    newer = dict(real[1], url=real[1]["url"].rstrip("/") + "/", timestamp="2019-05-01 00:00:00")
+    twin = dict(real[2])  # the same page again, same timestamp: the first read stays
+    at_cap = dict(real[3], text=real[3]["text"].ljust(190_000, "."), url=real[3]["url"] + "?id=2")
+    over = dict(real[4], text=real[4]["text"].ljust(190_001, "."))
+    newest_too_long = dict(over, url=real[5]["url"], timestamp="2020-01-01 00:00:00")
+    rows = [*real, older, newer, twin, at_cap, over, newest_too_long]
+    with gzip.open(tmp_path / "pages.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(dict(row, n=i)) + "\n" for i, row in enumerate(rows))
+    ctx, dropped = Context("test"), []
+    ctx.sink = lambda stage, reason, doc, file: dropped.append((reason, doc.id))
+    docs = c4.read(tmp_path / "pages.jsonl.gz", ctx, c4.Options())
+    kept = [d.id for d in run_steps(docs, c4.steps(c4.Options(), tmp_path)[:2], ctx)]
+    name = "pages.jsonl.gz/"
+    # a page over the cap goes before URLs are compared: it cannot displace an older page
+    assert sorted(dropped) == sorted(
+        [("too_long", name + "10"), ("too_long", name + "11")]
+        + [("duplicate_url", name + n) for n in ("6", "1", "8")]
+    )
+    assert kept == [name + n for n in ("0", "2", "3", "4", "5", "7", "9")]
+    # Published C4 passed both filters: every real page passes them again.
+    ctx = Context("test")
+    opts = c4.Options()
+    real_docs = [
+        d for p in c4.find_inputs(shared_data / "pretrain", opts) for d in c4.read(p, ctx, opts)
+    ]
+    assert len(list(run_steps(real_docs, c4.steps(opts, tmp_path)[:2], ctx))) == 1030

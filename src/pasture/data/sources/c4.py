@@ -4,8 +4,15 @@ Also reads OLMo/Dolma's variant, which names the timestamp ``date``. Both spelli
 ("2019-04-25T12:57:54Z" and HF datasets' "2019-04-25 12:57:54") become ``timestamp`` in the
 ISO form with ``T`` and ``Z``.
 
-The steps are C4's heuristics, in the order of the TFDS implementation (``c4_utils``):
+The steps are C4's heuristics, in the order of the TFDS implementation (``c4.py``,
+``c4_utils``):
 
+0. ``length``: a page over 190,000 characters is dropped (``too_long``; ``is_valid_length``),
+   then ``url_dedup`` keeps one page per normalized URL (scheme, ``www.``, a ``?utm_``/``?ref``/
+   ``?feed`` query and trailing slashes removed: ``normalize_url``), the one with the newest
+   timestamp (``select_newest_page``; ties: the first read), within the shard. The others are
+   ``duplicate_url``. A page without a URL is never a duplicate. Published C4 passed both
+   already; they matter when overlapping inputs are given.
 1. ``c4_clean`` (per line, then per page): drop lines with a word over 1000 characters, remove
    Wikipedia citation markers, keep only lines that end in terminal punctuation (. ! ? ") and not
    in "...", that have at least 5 words, that do not mention "javascript" or a policy phrase
@@ -29,6 +36,7 @@ import gzip
 import hashlib
 import json
 import re
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -68,6 +76,8 @@ class Options:
     fasttext_model: str | None = None
     bad_words_file: str | None = None  # default: the shipped LDNOOBW English list
     max_record_bytes: int = 8_000_000  # a longer JSON line is skipped (record_too_large)
+    max_page_chars: int = 190_000  # C4's is_valid_length: a longer page is dropped (too_long)
+    url_dedup: bool = True  # one page per normalized URL, the newest (C4's select_newest_page)
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -214,6 +224,59 @@ def span_dedup_step(opts: Options) -> Step:
     return FunctionStep("c4_dedup", run)
 
 
+def normalize_url(url: str) -> str:
+    """C4's ``normalize_url``: no scheme or ``www.``, no tracking query, no trailing slash."""
+    url = re.sub(r"https?:\/\/(www\.)?", "", url)
+    url = re.sub(r"\?(utm_|ref|feed).*", "", url)
+    return url.rstrip("/")
+
+
+_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z")
+
+
+def _url_key(doc: Document) -> int | None:
+    url = doc.metadata.get("url", "")
+    if not url:
+        return None
+    return int.from_bytes(hashlib.md5(normalize_url(url).encode("utf-8")).digest()[:8], "big")
+
+
+def _time_key(doc: Document) -> int:
+    """The timestamp as a number that sorts as C4 compares them (unknown: the oldest)."""
+    m = _ISO.fullmatch(doc.metadata.get("timestamp", ""))
+    return int("".join(m.groups())) if m else 0
+
+
+def url_dedup_step() -> Step:
+    """One page per normalized URL in the shard: the newest, the first read among equals.
+
+    Two passes: the pages are spooled to a temporary file (gzip) while the newest page of each
+    URL is found, then read back in order with the others dropped (``duplicate_url``)."""
+
+    def run(docs: Iterable[Document], ctx: Context) -> Iterator[Document]:
+        best: dict[int, int] = {}  # URL hash -> timestamp * 2**32 + (2**32 - 1 - index)
+        with tempfile.TemporaryFile() as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as spool:
+                for i, doc in enumerate(docs):
+                    key = _url_key(doc)
+                    if key is not None:
+                        rank = (_time_key(doc) << 32) | (0xFFFFFFFF - i)
+                        best[key] = max(best.get(key, rank), rank)
+                    record = [doc.text, doc.id, doc.source, doc.metadata]
+                    spool.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as spool:
+                for i, line in enumerate(spool):
+                    doc = Document(*json.loads(line))
+                    key = _url_key(doc)
+                    if key is not None and best[key] & 0xFFFFFFFF != 0xFFFFFFFF - i:
+                        ctx.drop(doc, "duplicate_url")
+                    else:
+                        yield doc
+
+    return FunctionStep("url_dedup", run)
+
+
 def load_bad_words(path: str | Path | None = None) -> list[str]:
     if path is None:
         text = resources.files("pasture.data").joinpath("resources/ldnoobw_en.txt").read_text()
@@ -234,7 +297,11 @@ def bad_words_step(words: list[str]) -> Step:
 
 
 def steps(opts: Options, work_dir: Path) -> list[Step]:
-    return [
+    limit = opts.max_page_chars
+    first = [filter_step("length", lambda d: "too_long" if len(d.text) > limit else None)]
+    if opts.url_dedup:
+        first.append(url_dedup_step())
+    return first + [
         _clean_step(opts),
         span_dedup_step(opts),
         bad_words_step(load_bad_words(opts.bad_words_file)),
