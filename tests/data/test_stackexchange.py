@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import html
+import json
+import logging
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from pasture.data.document import Context, Document, run_steps
+from pasture.data.pipeline import BuildConfig, build_dataset
 from pasture.data.sources import stackexchange
+from pasture.errors import PastureError
 
 ALL_SITES = stackexchange.Options(sites=["*"])
 SITES = {"beer.stackexchange.com": 663, "coffee.stackexchange.com": 225}  # questions, MANIFEST
@@ -46,17 +51,37 @@ def raw_rows(path: Path) -> list[dict[str, str]]:
 def test_find_inputs_and_shards(inputs: list[Path]) -> None:
     assert [p.parent.name for p in inputs] == sorted(SITES)
     assert stackexchange.shards(inputs, ALL_SITES) == [[p] for p in inputs]
-    assert len(stackexchange.LARGEST_SITES) == 28
 
 
-def test_default_sites_drop_small_sites(inputs: list[Path], tmp_path: Path) -> None:
-    for path in inputs:
-        docs, ctx = run_source(path, tmp_path, stackexchange.Options())
-        assert docs == []
-        assert ctx.stage_stats("site").dropped == {"site": SITES[path.parent.name]}
+def test_default_keeps_the_largest_sites_given(
+    shared_data: Path, inputs: list[Path], tmp_path: Path
+) -> None:
+    # RedPajama's count.py: a site's size is its number of posts; the 28 largest are kept.
+    opts = stackexchange.Options()
+    assert opts.largest_sites == 28
+    stackexchange.prepare(opts, shared_data / "pretrain", tmp_path)
+    chosen = json.loads((tmp_path / stackexchange.SITES_FILE).read_text())
+    assert chosen["sites"] == sorted(SITES)
+    assert chosen["posts"] == {"beer.stackexchange.com": 2354, "coffee.stackexchange.com": 592}
+    for path in inputs:  # 0 documents from either before: neither was among 28 fixed names
+        docs, ctx = run_source(path, tmp_path, opts)
+        assert len(docs) == SITES[path.parent.name] and not ctx.stage_stats("site").dropped
+    one = stackexchange.Options(largest_sites=1)
+    stackexchange.prepare(one, shared_data / "pretrain", tmp_path / "one")
+    docs, ctx = run_source(inputs[1], tmp_path / "one", one)  # coffee: 592 posts < 2354
+    assert docs == [] and ctx.stage_stats("site").dropped == {"site": 225}
     listed = stackexchange.Options(sites=["coffee.stackexchange.com"])
-    docs, _ = run_source(inputs[1], tmp_path, listed)
-    assert len(docs) == 225
+    assert len(run_source(inputs[1], tmp_path / "none", listed)[0]) == 225
+    with pytest.raises(PastureError, match="prepare"):
+        stackexchange.steps(opts, tmp_path / "none")
+
+
+def test_count_posts_across_read_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "Posts.xml"
+    row = b'<row Id="1" PostTypeId="1" Body="&lt;row&gt; is text" />\n'
+    for gap in range(6):  # a "<row" cut anywhere by the 1 MiB reads
+        path.write_bytes(b"<posts>" + b" " * (stackexchange._CHUNK - 7 - gap) + row * 3)
+        assert stackexchange.count_posts(path) == 3
 
 
 def test_every_question_is_one_document(everything, inputs: list[Path]) -> None:
@@ -210,3 +235,32 @@ def test_answer_before_its_question(tmp_path: Path) -> None:
     assert doc.text == "Q & A?\n\nWhy & how?\n\ntop\n\ntie\n\nlow"
     assert doc.metadata["answer_ids"] == [4, 2, 3] and doc.metadata["tags"] == ["a", "b"]
     assert doc.id == "tiny.stackexchange.com/1" and not ctx.stage_stats("read").dropped
+
+
+def test_an_empty_source_is_a_warning_and_a_row_of_table_1(
+    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "in"
+    (root / "c4").mkdir(parents=True)
+    (root / "stackexchange").mkdir()  # no dump given
+    shutil.copyfile(shared_data / "pretrain/c4/olmo_c4-sample.01.json.gz", root / "c4/a.json.gz")
+    cfg = BuildConfig(workers=1, mixture={"c4": 0.15, "stackexchange": 0.02})
+    tokenizer = shared_data / "models" / "llama-tokenizer" / "tokenizer.model"
+    with caplog.at_level(logging.WARNING, logger="pasture.data"):
+        report = build_dataset(cfg, root, tmp_path / "out", tokenizer=str(tokenizer))
+    assert report["empty_sources"] == ["stackexchange"]
+    assert [r["source"] for r in report["table1"]] == ["c4", "stackexchange"]
+    c4_row, se_row = report["table1"]
+    assert c4_row["sampling_proportion"] == 1.0
+    assert c4_row["configured_proportion"] == pytest.approx(0.15 / 0.17)
+    assert (se_row["sampling_proportion"], se_row["tokens"], se_row["epochs"]) == (0.0, 0, None)
+    assert se_row["configured_proportion"] == pytest.approx(0.02 / 0.17)
+    assert any(
+        "stackexchange: no documents left (no input files)" in r.getMessage()
+        and "11.8%" in r.getMessage()
+        for r in caplog.records
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| stackexchange | 0.0% **(empty)** | 11.8% | – | 0 B | 0 | 0 B |" in md
+    assert "| c4 | 100.0% | 88.2% |" in md
+    assert "**Warning: stackexchange is empty** (no input files)" in md

@@ -56,15 +56,34 @@ def build_report(
         raise PastureError(f"{out}: no source produced any tokens; nothing to mix")
     for name in empty:
         log.warning(
-            "%s: no documents left (%s); Table 1 leaves it out and renormalizes the others",
+            "%s: no documents left (%s); it is sampled at 0%% and the other sources' "
+            "proportions grow to fill its %.1f%% (report.md, Table 1)",
             name,
             _why_empty(sources.get(name)),
+            100 * cfg.mixture[name] / sum(w for w in cfg.mixture.values() if w > 0),
         )
     tokens = {name: sources[name]["tokens"] for name in built}
     disk = {name: sources[name]["text_bytes"] for name in built}
-    table, _ = mixture_report(tokens, built, cfg.token_budget, disk)
-    for row in table:
-        row["token_shard_bytes"] = sources[row["source"]]["token_shard_bytes"]
+    rows, _ = mixture_report(tokens, built, cfg.token_budget, disk)
+    by_name = {row["source"]: row for row in rows}
+    configured = sum(w for w in cfg.mixture.values() if w > 0)
+    table = []
+    # Every source the mixture asks for has a row, an empty one too: the proportions the
+    # loader will use next to the ones configured, so that a renormalisation is visible.
+    for name, weight in cfg.mixture.items():
+        if weight <= 0:
+            continue
+        row = by_name.get(name) or {
+            "source": name,
+            "sampling_proportion": 0.0,
+            "epochs": None,
+            "tokens": 0,
+            "disk_bytes": 0,
+            "empty": _why_empty(sources.get(name)),
+        }
+        row["configured_proportion"] = weight / configured
+        row["token_shard_bytes"] = sources.get(name, {}).get("token_shard_bytes", 0)
+        table.append(row)
     return {
         "token_budget": cfg.token_budget,
         "sources": sources,
@@ -100,21 +119,27 @@ def _size(n: float) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Data build report\n\nTable 1 for the data built here, at a budget of "
-        f"{report['token_budget']:.3g} tokens.\n",
-        "| Dataset | Sampling prop. | Epochs | Disk size (text) | Tokens | Token shards |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{report['token_budget']:.3g} tokens. *Configured* is the mixture asked for; "
+        "*Sampling prop.* is what training samples, renormalized over the sources that have "
+        "tokens.\n",
+        "| Dataset | Sampling prop. | Configured | Epochs | Disk size (text) | Tokens | "
+        "Token shards |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["table1"]:
+        empty = "empty" in row
+        sampled = f"{100 * row['sampling_proportion']:.1f}%" + (" **(empty)**" if empty else "")
+        epochs = "–" if row["epochs"] is None else f"{row['epochs']:,.2f}"
         lines.append(
-            f"| {row['source']} | {100 * row['sampling_proportion']:.1f}% | "
-            f"{row['epochs']:,.2f} | {_size(row['disk_bytes'])} | {row['tokens']:,} | "
+            f"| {row['source']} | {sampled} | {100 * row['configured_proportion']:.1f}% | "
+            f"{epochs} | {_size(row['disk_bytes'])} | {row['tokens']:,} | "
             f"{_size(row['token_shard_bytes'])} |"
         )
     for name in report.get("empty_sources", []):
         why = _why_empty(report["sources"].get(name))
         lines.append(
-            f"\n**Warning: {name} is empty** ({why}): Table 1 leaves it out and renormalizes the "
-            "other sources' proportions."
+            f"\n**Warning: {name} is empty** ({why}): it is sampled at 0%, and the other "
+            "sources' proportions are scaled up to fill its share (compare the two columns)."
         )
     lines.append("\n## Stages\n")
     lines.append("| source | stage | docs in | docs out | bytes in | bytes out | dropped |")

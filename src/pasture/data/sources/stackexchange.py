@@ -12,13 +12,19 @@ question in the file. That is fine for all but the largest sites; a full stackov
 (~100 GB of XML) wants a sort-by-ParentId pass first. If the XML breaks mid-file, every question
 read so far comes out, with the answers read so far, and the file is reported as ``bad_xml``.
 
-``steps`` keep the sites in ``Options.sites`` (reason ``site``) and drop empty questions.
+Which sites: the paper keeps "the 28 largest websites" and names none. By default (``sites``
+empty) ``prepare`` counts the posts (``<row>`` elements) of every site's ``Posts.xml`` given
+and keeps the ``largest_sites`` largest (ties: by name), as RedPajama's ``count.py`` does, and
+writes the choice with every count to ``sites.json`` in its work folder. ``sites = ["*"]``
+keeps every site; a list of names keeps those. ``steps`` drop the other sites' questions
+(reason ``site``) and empty questions.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,47 +34,18 @@ from typing import BinaryIO
 from resiliparse.extract.html2text import extract_plain_text
 
 from pasture.data.document import Context, Document, Step, filter_step
+from pasture.data.inputs import why_not_readable
 from pasture.data.streams import TagTooLarge, capped_xml
+from pasture.errors import PastureError
+from pasture.files import write_text
 
 NAME = "stackexchange"
-
-# The paper says "the 28 largest websites" and names none. These are the 28 largest sites by
-# dump size as of 2023 (RedPajama's reproduction takes the largest sites the same way).
-LARGEST_SITES = (
-    "stackoverflow.com",
-    "math.stackexchange.com",
-    "superuser.com",
-    "askubuntu.com",
-    "serverfault.com",
-    "tex.stackexchange.com",
-    "unix.stackexchange.com",
-    "electronics.stackexchange.com",
-    "english.stackexchange.com",
-    "physics.stackexchange.com",
-    "gis.stackexchange.com",
-    "stats.stackexchange.com",
-    "apple.stackexchange.com",
-    "salesforce.stackexchange.com",
-    "magento.stackexchange.com",
-    "wordpress.stackexchange.com",
-    "sharepoint.stackexchange.com",
-    "gaming.stackexchange.com",
-    "ell.stackexchange.com",
-    "mathoverflow.net",
-    "scifi.stackexchange.com",
-    "softwareengineering.stackexchange.com",
-    "dba.stackexchange.com",
-    "drupal.stackexchange.com",
-    "codereview.stackexchange.com",
-    "diy.stackexchange.com",
-    "security.stackexchange.com",
-    "money.stackexchange.com",
-)
 
 
 @dataclass
 class Options:
-    sites: Sequence[str] = LARGEST_SITES  # ("*",) keeps every site
+    sites: Sequence[str] = ()  # empty: the largest_sites largest given; ["*"]: every site
+    largest_sites: int = 28  # the paper's "28 largest websites", by number of posts
     max_row_chars: int = 16_000_000  # a longer <row …/> (one post) stops reading its file
 
 
@@ -80,12 +57,48 @@ def shards(inputs: list[Path], opts: Options) -> list[list[Path]]:
     return [[path] for path in inputs]
 
 
+SITES_FILE = "sites.json"
+
+
+def count_posts(path: Path) -> int:
+    """The ``<row`` elements of a ``Posts.xml`` (posts of every type, as RedPajama counts)."""
+    count, tail = 0, b""
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            data = tail + chunk
+            count += data.count(b"<row")
+            tail = data[-3:]  # a "<row" split between two reads is whole in the next
+    return count
+
+
 def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
-    pass
+    """The sites to keep, by default the ``largest_sites`` largest given, in ``SITES_FILE``."""
+    if opts.sites:
+        record = {"rule": "listed", "sites": sorted(opts.sites)}
+    else:
+        inputs = find_inputs(input_root, opts)
+        readable = [p for p in inputs if why_not_readable(p, input_root) is None]
+        posts = {path.parent.name: count_posts(path) for path in readable}
+        ranked = sorted(posts, key=lambda site: (-posts[site], site))
+        record = {
+            "rule": f"the {opts.largest_sites} largest sites given, by number of posts",
+            "sites": sorted(ranked[: opts.largest_sites]),
+            "posts": dict(sorted(posts.items())),
+        }
+    write_text(work_dir / SITES_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def steps(opts: Options, work_dir: Path) -> list[Step]:
-    sites = set(opts.sites)
+    if opts.sites:
+        sites = set(opts.sites)
+    else:
+        try:
+            sites = set(json.loads((work_dir / SITES_FILE).read_text())["sites"])
+        except (OSError, ValueError, KeyError) as e:
+            raise PastureError(
+                f"{work_dir / SITES_FILE}: cannot read the chosen sites ({e}); run "
+                "stackexchange.prepare first, or set sources.stackexchange.sites"
+            ) from None
     any_site = "*" in sites
     return [
         filter_step("site", lambda d: None if any_site or d.metadata["site"] in sites else "site"),
