@@ -8,10 +8,7 @@ any world size) as a model file in any format the foundation writes, with the ru
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
-
-import torch.distributed.checkpoint as dcp
 
 from . import interop
 from .config import build
@@ -42,13 +39,13 @@ def load_trained(run_dir: Path, step_dir: Path | None = None) -> Checkpoint:
     overrides: dict = {}
     if cfg.model.max_seq_len:
         overrides["max_seq_len"] = cfg.model.max_seq_len
-    reader = dcp.FileSystemReader(str(step_dir))
-    vocab = reader.read_metadata().state_dict_metadata["model.tok_embeddings.weight"].size[0]
+    entries = train_checkpoint.read_metadata(step_dir).state_dict_metadata
+    if "model.tok_embeddings.weight" not in entries:
+        raise PastureError(f"{step_dir}: not a Pasture training checkpoint (no embeddings)")
+    vocab = entries["model.tok_embeddings.weight"].size[0]
     model = Transformer(preset(cfg.model.preset, vocab_size=vocab, **overrides))
     state = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
+    train_checkpoint.dcp_load(state, step_dir, no_dist=True)
     model.load_state_dict(state["model"])
     return Checkpoint.from_model(model.float(), tokenizer)
 

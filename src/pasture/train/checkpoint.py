@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
 import socket
 import time
@@ -38,7 +40,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import PastureError
@@ -85,6 +90,105 @@ def _finish(run_dir: Path, tmp: Path, final: Path, train_state: str, keep: int) 
         shutil.rmtree(old, ignore_errors=True)
     for stale in final.parent.glob(f"{PREFIX}*.tmp"):  # left by a killed run; none in flight
         shutil.rmtree(stale, ignore_errors=True)
+
+
+# --- reading without unpickling code --------------------------------------------------------
+# DCP pickles ``.metadata`` and loads it with plain ``pickle.load``, and loads non-tensor items
+# (optimizer hyperparameters) with ``torch.load(weights_only=False)``: either runs whatever code
+# a crafted file names. Pasture reads both with unpicklers that admit only data.
+
+_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+_ALLOWED_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a layout by name
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's metadata records, torch.Size and dtypes; nothing callable beyond them."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == _METADATA_MODULE and not name.startswith("__"):
+            found = getattr(dcp_metadata, name, None)
+            if isinstance(found, type) and found.__module__ == _METADATA_MODULE:
+                return found  # dataclasses and enums of DCP's metadata
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+def read_metadata(path: Path) -> dcp_metadata.Metadata:
+    """A checkpoint's ``.metadata``, read without running code; one-line errors."""
+    file = path / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise PastureError(f"{file}: missing (not a complete checkpoint)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise PastureError(f"{file}: not DCP metadata ({str(e)[:200]})") from None
+    if not isinstance(metadata, dcp_metadata.Metadata):
+        raise PastureError(f"{file}: not DCP metadata (a {type(metadata).__name__})")
+    return metadata
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's file-system reader with ``read_metadata`` through the restricted unpickler."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        metadata = read_metadata(Path(self.path))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = getattr(self, "load_id", None)
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, loading non-tensor items with ``weights_only=True``."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "refused"
+            fqn = read_item.dest_index.fqn
+            raise PastureError(f"{fqn}: refused to unpickle ({first})") from None
+        super().load_bytes(read_item, _saved(loaded))
+
+
+def _saved(value: object) -> io.BytesIO:
+    """``value`` as bytes the parent class's ``torch.load`` reads back (checked data only)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def dcp_load(state: dict[str, Any], path: Path, no_dist: bool) -> None:
+    """``dcp.load`` of ``path`` into ``state`` with Pasture's safe reader and planner; any
+    failure (refused pickle, truncated shard, another model's shapes) is one line."""
+    try:
+        with warnings.catch_warnings():  # single process: DCP warns that it assumes so
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(
+                state,
+                checkpoint_id=str(path),
+                storage_reader=SafeReader(str(path)),
+                planner=SafeLoadPlanner(),
+                no_dist=no_dist,
+            )
+    except PastureError:
+        raise
+    except (Exception, CheckpointException) as e:  # the latter is a BaseException
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        message = lines[-1].strip() if lines else type(e).__name__  # the per-rank cause
+        raise PastureError(f"{path}: cannot load into this model ({message[:300]})") from None
 
 
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -327,22 +431,27 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     state_file = path / "train_state.json"
     if not state_file.is_file():
         raise PastureError(f"{path}: not a complete checkpoint (no train_state.json)")
-    train_state = json.loads(state_file.read_text())
+    try:
+        train_state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise PastureError(f"{state_file}: unreadable ({str(e)[:200]})") from None
+    if not (
+        isinstance(train_state, dict)
+        and isinstance(train_state.get("step"), int)
+        and isinstance(train_state.get("loader"), dict)
+    ):
+        raise PastureError(f"{state_file}: not a train state (needs an int step and a loader)")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    except (Exception, CheckpointException) as e:  # the latter is a BaseException
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        message = lines[-1].strip() if lines else type(e).__name__  # the per-rank cause
-        raise PastureError(f"{path}: cannot load into this model ({message[:300]})") from None
+    dcp_load(state, path, no_dist=not dist.is_initialized())
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    rng = path / f"rng-{rank}.pt"
+    rng = path / f"rng-{_rank()}.pt"
     if rng.is_file():
-        torch.set_rng_state(torch.load(rng, weights_only=True))
+        try:
+            torch.set_rng_state(torch.load(rng, weights_only=True))
+        except Exception as e:  # truncated, not a tensor, wrong size: all one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise PastureError(f"{rng}: not this rank's RNG state ({first})") from None
     return train_state
