@@ -63,3 +63,59 @@ def test_missing_file_and_bad_override(tmp_path: Path) -> None:
         load_toml(tmp_path / "nope.toml")
     with pytest.raises(PastureError, match="expected key.sub=value"):
         load_toml(_toml(tmp_path, ""), ["steps"])
+
+
+# --- `pasture train`'s config: every bad value is one line and exit 2, before any work ---------
+
+TRAIN_DEBUG = Path(__file__).resolve().parents[1] / "configs" / "train" / "debug.toml"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.grad_clip=-1", "optim.grad_clip = -1.0: must be a finite number above 0"),
+        ("batch_tokens=0", "batch_tokens = 0: must be 1 or more"),
+        ("optim.lr=-1", "optim.lr = -1.0: must be a finite number above 0"),
+        ("optim.lr=nan", "optim.lr = nan: must be a finite number above 0"),
+        ("optim.weight_decay=nan", "optim.weight_decay = nan: must be finite, >= 0"),
+        ("micro_batch=0", "micro_batch = 0: must be 1 or more"),
+        ("data.seq_len=0", "data.seq_len = 0: must be 1 or more"),
+        ("checkpoint_every=0", "checkpoint_every = 0: must be 1 or more"),
+        ("log_every=0", "log_every = 0: must be 1 or more"),
+        ("device=tpu:7", "device = 'tpu:7': use cpu, cuda or cuda:N"),
+        ("model.max_seq_len=1e10", "model.max_seq_len: expected int, got 10000000000.0"),
+        ("model.max_seq_len=10000000000", "max_seq_len must be in 1..16,777,216"),
+        ("model.preset=65B", "model.preset 65B: its weights, gradients and AdamW state need"),
+        ("data.seq_len=200", "batch_tokens 4096 is not a multiple of micro_batch × seq_len"),
+        ("nosuchkey=1", "debug.toml: unknown key 'nosuchkey'"),  # the packaged default config
+    ],
+)
+def test_bad_train_settings_fail_in_one_line_before_any_work(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pasture.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", f"--set=run_dir={run}", f"--set={override}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pasture: error: ") and message in err[0], err
+    assert not run.exists()  # nothing written
+
+
+def test_the_default_train_config_is_the_debug_config() -> None:
+    from pasture import cli
+
+    packaged = Path(cli.__file__).with_name("train") / "debug.toml"
+    assert packaged.read_text() == TRAIN_DEBUG.read_text()
+    assert load_toml(packaged)["steps"] > load_toml(packaged)["optim"]["warmup_steps"]
+
+
+def test_config_files_that_are_not_configs(tmp_path: Path) -> None:
+    with pytest.raises(PastureError, match="a folder, not a config file"):
+        load_toml(tmp_path)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(PastureError, match="nested too deeply"):
+        load_toml(deep)
+    with pytest.raises(PastureError, match="nested too deeply"):
+        load_toml(None, ["x=" + "[" * 100_000])

@@ -246,7 +246,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train.config import TrainConfig
     from .train.loop import train
 
-    cfg = build(TrainConfig, load_toml(args.config, args.set), args.config or "config")
+    config = args.config or Path(__file__).with_name("train") / "debug.toml"  # packaged
+    cfg = build(TrainConfig, load_toml(config, args.set), str(config))
     resume: str | bool = True if args.resume == "latest" else (args.resume or False)
     train(cfg, resume=resume)
 
@@ -427,7 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_build)
 
     p = sub.add_parser("train", help="pretrain with the paper's recipe (one process or torchrun)")
-    p.add_argument("--config", help="TOML in configs/train/ (default: the debug config)")
+    p.add_argument(
+        "--config",
+        help="TOML in configs/train/ (default: configs/train/debug.toml, shipped in the package)",
+    )
     p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
     p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
     p.set_defaults(func=cmd_train)

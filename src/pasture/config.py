@@ -25,8 +25,14 @@ def load_toml(path: str | Path | None, overrides: list[str] | None = None) -> di
         data = tomllib.loads(Path(path).read_text()) if path is not None else {}
     except FileNotFoundError:
         raise PastureError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise PastureError(f"{path}: a folder, not a config file") from None
+    except OSError as e:
+        raise PastureError(f"{path}: cannot read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PastureError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise PastureError(f"{path}: not a config (tables or arrays nested too deeply)") from None
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -35,6 +41,8 @@ def load_toml(path: str | Path | None, overrides: list[str] | None = None) -> di
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw  # a bare string such as a path
+        except RecursionError:
+            raise PastureError(f"override {key}: value nested too deeply") from None
         node = data
         *parents, leaf = key.split(".")
         for part in parents:

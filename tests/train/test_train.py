@@ -125,9 +125,9 @@ def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (
-        "pasture: error: config.optim: unknown key 'betaz' (known: lr, betas, eps, "
-        "weight_decay, grad_clip, warmup_steps, min_lr_ratio)"
+    assert proc.stderr.strip() == (  # no --config: the packaged debug config
+        f"pasture: error: {REPO / 'src/pasture/train/debug.toml'}.optim: unknown key 'betaz' "
+        "(known: lr, betas, eps, weight_decay, grad_clip, warmup_steps, min_lr_ratio)"
     )
 
 

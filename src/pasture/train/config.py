@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from ..errors import PastureError
 from ..parallel.parallelize import ParallelConfig
 from .optim import OptimConfig
+
+
+def _at_least(owner: object, prefix: str, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value < minimum:
+            raise PastureError(f"{prefix}{name} = {value}: must be {minimum} or more")
+
+
+def _finite(owner: object, prefix: str, low: float, *names: str, above: bool = False) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not (math.isfinite(value) and (value > low if above else value >= low)):
+            rule = f"above {low}" if above else f"{low} or more"
+            raise PastureError(f"{prefix}{name} = {value!r}: must be a finite number {rule}")
 
 
 @dataclass
@@ -25,6 +42,13 @@ class DataConfig:
     corpus_bytes: int = 4_000_000  # how much of the default corpus to use
     seq_len: int = 256
 
+    def __post_init__(self) -> None:
+        _at_least(self, "data.", 1, "seq_len", "corpus_bytes")
+        _at_least(self, "data.", 16, "vocab_size")  # SentencePiece needs its specials and bytes
+        for source, weight in self.mixture.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise PastureError(f"data.mixture.{source} = {weight!r}: must be finite, >= 0")
+
 
 @dataclass
 class BenchmarkConfig:
@@ -36,6 +60,12 @@ class BenchmarkConfig:
     limit: int | None = 200  # items per task, to keep it cheap
     batch_size: int = 8
     seed: int = 1234
+
+    def __post_init__(self) -> None:
+        _at_least(self, "benchmarks.", 0, "every")
+        _at_least(self, "benchmarks.", 1, "batch_size")
+        if self.limit is not None:
+            _at_least(self, "benchmarks.", 1, "limit")
 
 
 @dataclass
@@ -66,3 +96,15 @@ class TrainConfig:
     device_power_watts: float = 400.0  # the paper's A100 figure
     pue: float = 1.1
     carbon_intensity: float = 0.385  # tCO2eq per MWh (US average; set your region's)
+
+    def __post_init__(self) -> None:
+        _at_least(self, "", 1, "steps", "batch_tokens", "micro_batch", "log_every")
+        _at_least(self, "", 1, "checkpoint_every", "eval_batches")
+        _at_least(self, "", 0, "eval_every", "keep_checkpoints")
+        _finite(self, "", 0.0, "peak_tflops", "carbon_intensity")
+        _finite(self, "", 0.0, "device_power_watts", above=True)
+        _finite(self, "", 1.0, "pue")
+        if self.nan_policy not in ("stop", "skip"):
+            raise PastureError(f"nan_policy = {self.nan_policy!r}: use stop or skip")
+        if self.device and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise PastureError(f"device = {self.device!r}: use cpu, cuda or cuda:N, or leave empty")

@@ -240,7 +240,64 @@ def write_carbon_report(run_dir: Path, cfg: TrainConfig, device: torch.device) -
 
 
 def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
-    return torch.device(cfg.device) if cfg.device else device
+    if not cfg.device:
+        return device
+    chosen = torch.device(cfg.device)
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise PastureError(f"device = {cfg.device!r}: CUDA is not available here")
+        if chosen.index is not None and chosen.index >= count:
+            raise PastureError(f"device = {cfg.device!r}: there are {count} CUDA device(s)")
+    return chosen
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory for training state on ``device`` (None: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+TRAIN_STATE_BYTES = 16  # per parameter: fp32 weights, gradients and AdamW's two moments
+
+
+def check_shapes(cfg: TrainConfig, world: int, dp_world: int, device: torch.device) -> None:
+    """What can be known wrong before any work: context, divisibility, memory for the state."""
+    args = preset(cfg.model.preset, **_model_overrides(cfg))
+    seq_len = cfg.data.seq_len
+    if seq_len > args.max_seq_len:
+        raise PastureError(f"data.seq_len {seq_len} exceeds the model's context {args.max_seq_len}")
+    if seq_len % cfg.parallel.tp:
+        raise PastureError(
+            f"data.seq_len {seq_len} is not a multiple of parallel.tp {cfg.parallel.tp} "
+            "(sequence parallelism splits each sequence across the tensor-parallel ranks)"
+        )
+    per_micro = cfg.micro_batch * seq_len * dp_world
+    if cfg.batch_tokens % per_micro:
+        raise PastureError(
+            f"batch_tokens {cfg.batch_tokens} is not a multiple of micro_batch × seq_len × "
+            f"data-parallel ranks = {cfg.micro_batch} × {seq_len} × {dp_world} = {per_micro}"
+        )
+    needed = count_parameters(args) * TRAIN_STATE_BYTES // world  # sharded over every rank
+    available = _available_bytes(device)
+    if available is not None and needed > available:
+        raise PastureError(
+            f"model.preset {cfg.model.preset}: its weights, gradients and AdamW state need about "
+            f"{needed / 2**30:,.1f} GiB per rank ({TRAIN_STATE_BYTES} bytes per parameter over "
+            f"{world} rank(s)), but {device} has {available / 2**30:,.1f} GiB free; "
+            "use more ranks or a smaller preset"
+        )
+
+
+def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    return {"max_seq_len": cfg.model.max_seq_len} if cfg.model.max_seq_len else {}
 
 
 def _check_tensorboard(cfg: TrainConfig) -> None:
@@ -268,14 +325,14 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     """Run (or continue) training; returns the last logged metrics."""
     if cfg.model.preset not in PRESETS:
         raise PastureError(f"model.preset: unknown preset {cfg.model.preset!r}")
-    if cfg.nan_policy not in ("stop", "skip"):
-        raise PastureError(f"nan_policy: {cfg.nan_policy!r} is not stop or skip")
     lr_at(0, cfg.steps, cfg.optim)  # schedule errors (steps ≤ warmup) before any work
     _check_tensorboard(cfg)
     bench_settings = benchmark_settings(cfg)
     rank, world, device = init_distributed()
     device = _device(cfg, device)
     mesh = build_mesh(world, cfg.parallel.tp, device.type)
+    dp_world = world if mesh is None else mesh["dp_shard"].size()
+    check_shapes(cfg, world, dp_world, device)
     run_dir = Path(cfg.run_dir)
     with checkpoint.run_lock(run_dir):  # one training process group per run folder
         return _train(cfg, resume, bench_settings, rank, world, device, mesh)
@@ -300,19 +357,8 @@ def _train(
     sources, weights, vocab, held_out = prepare_data(cfg, run_dir, rank)
 
     seq_len = cfg.data.seq_len
-    overrides: dict[str, Any] = {"vocab_size": vocab}
-    if cfg.model.max_seq_len:
-        overrides["max_seq_len"] = cfg.model.max_seq_len
-    args = preset(cfg.model.preset, **overrides)
-    if seq_len > args.max_seq_len:
-        raise PastureError(f"data.seq_len {seq_len} exceeds the model's context {args.max_seq_len}")
-    per_micro = cfg.micro_batch * seq_len * dp_world
-    if cfg.batch_tokens % per_micro:
-        raise PastureError(
-            f"batch_tokens {cfg.batch_tokens} is not a multiple of micro_batch × seq_len × "
-            f"data-parallel ranks = {cfg.micro_batch} × {seq_len} × {dp_world} = {per_micro}"
-        )
-    accumulation = cfg.batch_tokens // per_micro
+    args = preset(cfg.model.preset, vocab_size=vocab, **_model_overrides(cfg))
+    accumulation = cfg.batch_tokens // (cfg.micro_batch * seq_len * dp_world)
 
     torch.manual_seed(cfg.seed)
     with torch.device("meta"):

@@ -37,6 +37,21 @@ class OptimConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.1  # the final learning rate is 10% of the peak
 
+    def __post_init__(self) -> None:
+        def number(key: str, value: float, ok: bool, rule: str) -> None:
+            if not (isinstance(value, int | float) and math.isfinite(value) and ok):
+                raise PastureError(f"optim.{key} = {value!r}: {rule}")
+
+        number("lr", self.lr, self.lr > 0, "must be a finite number above 0")
+        number("eps", self.eps, self.eps > 0, "must be a finite number above 0")
+        number("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be finite, >= 0")
+        number("grad_clip", self.grad_clip, self.grad_clip > 0, "must be a finite number above 0")
+        number("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
+        for i, beta in enumerate(self.betas):
+            number(f"betas[{i}]", beta, 0 <= beta < 1, "must be in [0, 1)")
+        if self.warmup_steps < 0:
+            raise PastureError(f"optim.warmup_steps = {self.warmup_steps}: must be 0 or more")
+
 
 def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """The learning rate at ``step`` as a fraction of the peak ``cfg.lr``."""
