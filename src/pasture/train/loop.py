@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
 from tqdm import tqdm
 
+from .. import files
 from ..carbon.footprint import PAPER_TABLE15, EnergyMeter, to_markdown
 from ..config import to_dict
 from ..data.corpus import default_corpus_files, iter_documents
@@ -230,11 +231,12 @@ def write_carbon_report(run_dir: Path, cfg: TrainConfig, device: torch.device) -
     rows = [paper._asdict() for paper in PAPER_TABLE15] + [row]
     path = run_dir / "carbon.md"
     method = sessions[-1]["method"]
-    path.write_text(
+    files.write_text(
+        path,
         f"# Carbon footprint (paper §6, Table 15 form)\n\nPUE {cfg.pue}, "
         f"{cfg.carbon_intensity} tCO2eq/MWh; this run's energy: {method}.\n\n"
         + to_markdown(rows)
-        + "\n"
+        + "\n",
     )
     return path
 
@@ -353,7 +355,7 @@ def _train(
     run_dir = Path(cfg.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
     sources, weights, vocab, held_out = prepare_data(cfg, run_dir, rank)
 
     seq_len = cfg.data.seq_len

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import PastureError
+from ..files import atomic_file
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -51,10 +52,8 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(out)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, format="png")
     return out
 
 
