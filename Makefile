@@ -6,8 +6,11 @@ VENV ?= .venv
 # A torch build pip can find. Override for GPU machines, e.g. TORCH=torch (any release >= 2.5).
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The full data set when present (as in CI); without it, tests run on tests/assets/data.
 SHARED_DATA ?= $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
 export PASTURE_DATA ?= $(SHARED_DATA)
+endif
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
