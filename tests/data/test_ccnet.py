@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import json
 import random
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 
 from pasture.data import ccnet
-from pasture.data.document import Context, Document
+from pasture.data.document import Context, Document, run_steps
 from pasture.data.sources import commoncrawl
+from pasture.errors import PastureError
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +38,70 @@ def web_texts(shared_data: Path) -> list[str]:
         return [json.loads(line)["text"] for line in f]
 
 
-def test_normalize_for_dedup() -> None:
-    assert ccnet.normalize_for_dedup("  Café, 1999: Hello!  ") == "cafe 0000 hello"
-    assert ccnet.normalize_for_dedup("Café 1") == ccnet.normalize_for_dedup("cafe, 2!")
+def test_normalize_for_dedup_is_cc_nets() -> None:
+    # cc_net text_normalizer.normalize_for_dedup: strip, lower, \d → 0, then delete its
+    # UNICODE_PUNCT keys and the C0/C1 controls; ASCII punctuation and accents stay.
+    assert ccnet.normalize_for_dedup("  Café, 1999: Hello!  ") == "café, 0000: hello!"
+    assert ccnet.normalize_for_dedup("Café 1") != ccnet.normalize_for_dedup("cafe, 2!")
     assert ccnet.normalize_for_dedup("“Quoted” — text…") == "quoted  text"
-    assert ccnet.normalize_for_dedup("\u200b \t") == ""
+    assert ccnet.normalize_for_dedup("Ａ１٣ B\x07c\x9f") == "ａ00 bc"  # Unicode digits → 0
+    assert ccnet.normalize_for_dedup("_Hello") == "_hello"
+    assert ccnet.normalize_for_dedup("\u200b \t") == "\u200b"  # not whitespace, not control
+    # cc_net's str_hash: sha1's first 8 bytes as a little-endian uint64
+    assert ccnet.line_hash("_hello") == int.from_bytes(
+        hashlib.sha1(b"_hello").digest()[:8], "little"
+    )
+    # Pasture's looser key, kept for line_dedup = "keep_first"
+    assert ccnet.fold_for_dedup("  Café, 1999: Hello!  ") == "cafe 0000 hello"
+    assert ccnet.fold_for_dedup("Café 1") == ccnet.fold_for_dedup("cafe, 2!")
+    assert ccnet.fold_for_dedup("\u200b \t") == ""
 
 
 def _docs(*texts: str) -> list[Document]:
     return [Document(t, f"d{i}", "commoncrawl") for i, t in enumerate(texts)]
 
 
-def test_line_dedup_keeps_first_occurrence_across_documents() -> None:
+def _lines(*lines: str) -> str:
+    return "\n".join(lines)
+
+
+def test_line_dedup_as_cc_nets_tests() -> None:
+    # cc_net tests/test_dedup.py::test_dedup_fast: HashesCollector over both parts, then
+    # DuplicatesRemover; "_World" is in both pages, so both lose it.
+    ctx = Context("s")
+    docs = _docs(
+        _lines("Hello", "_World", "I'm so original"),
+        _lines("Good morning", "_World", "I'm originaler"),
+    )
+    out = list(ccnet.line_dedup_step()(docs, ctx))
+    assert [(d.text, d.metadata["line_ids"], d.metadata["nlines"]) for d in out] == [
+        (_lines("Hello", "I'm so original"), [0, 2], 2),
+        (_lines("Good morning", "I'm originaler"), [0, 2], 2),
+    ]
+    assert all(d.metadata["original_nlines"] == 3 for d in out)
+    assert [d.metadata["length"] for d in out] == [21, 27]
+    # Hand-computed from dedup.py: FlatHashSet.add looks a page's hashes up before adding them,
+    # so a line repeated inside one page only is no duplicate (finalize_doc keeps it once); a
+    # line in two pages goes from both, even where one page repeats it; a page that keeps no
+    # line is dropped; empty lines are not lines (cc_net's WET reader drops them).
+    ctx = Context("s")
+    docs = _docs(
+        _lines("Alpha line", "Beta line", "alpha LINE", "", "X 1"),
+        _lines("  x 2  ", "Gamma", "x 3", "Delta"),
+        _lines("Gamma", "Café"),
+        _lines("Delta", "Gamma"),
+        _lines("Cafe"),
+    )
+    out = list(ccnet.line_dedup_step()(docs, ctx))
+    assert [(d.id, d.text, d.metadata["line_ids"]) for d in out] == [
+        ("d0", _lines("Alpha line", "Beta line"), [0, 1]),
+        ("d2", "Café", [1]),
+        ("d4", "Cafe", [0]),  # accents stay apart, as in cc_net
+    ]
+    assert ctx.stats["read"].dropped == {"duplicate_lines": 2}  # d1: all shared; d3 too
+
+
+def test_line_dedup_keep_first_is_the_named_older_rule() -> None:
     shared = "This paragraph is shared by two pages of the same shard.\nAnd its second line."
     docs = _docs(
         f"First page intro.\n{shared}\nFirst page outro.",
@@ -55,13 +109,35 @@ def test_line_dedup_keeps_first_occurrence_across_documents() -> None:
         "Second page intro.\n\nSecond page outro.",
     )
     ctx = Context("s")
-    out = list(ccnet.line_dedup_step()(docs, ctx))
+    out = list(ccnet.keep_first_dedup_step()(docs, ctx))
     assert [d.id for d in out] == ["d0", "d1"]
     assert out[0].text.count("\n") == 3
     assert out[1].text == "Second page intro.\nSecond page outro."
     assert out[1].metadata["line_ids"] == [0, 3]
     assert out[1].metadata["original_nlines"] == 4 and out[1].metadata["nlines"] == 2
     assert ctx.stats["read"].dropped == {"duplicate_lines": 1}
+    with pytest.raises(PastureError, match="line_dedup = 'first'"):
+        commoncrawl.Options(line_dedup="first")
+
+
+def test_ccnet_mode_on_real_web_pages(web_texts: list[str]) -> None:
+    # 697 real, unfiltered CC pages (Dolma's sample): cc_net's min_len, then its paper mode.
+    ctx = Context("s")
+    steps = [ccnet.length_step(300), ccnet.line_dedup_step()]
+    out = list(run_steps(_docs(*web_texts), steps, ctx))
+    assert ctx.stats["length"].dropped == {"too_short": 146}
+    assert ctx.stats["line_dedup"].dropped == {"duplicate_lines": 5}
+    assert len(out) == 546 and sum(d.metadata["nlines"] for d in out) == 17_529
+    keys = [{ccnet.normalize_for_dedup(x) for x in d.text.split("\n")} for d in out]
+    assert sum(map(len, keys)) == len(set().union(*keys))  # no kept line is in two pages
+    for doc in out:
+        source = ccnet._ccnet_lines(web_texts[int(doc.id[1:])])
+        assert doc.text.split("\n") == [source[i] for i in doc.metadata["line_ids"]]
+    # The older rule keeps the first copy and folds accents and punctuation: 131 of its line
+    # classes merge lines cc_net keeps apart.
+    ctx = Context("s")
+    older = list(ccnet.keep_first_dedup_step()(_docs(*web_texts), ctx))
+    assert len(older) == 657 and sum(d.metadata["nlines"] for d in older) == 18_628
 
 
 def test_language_identifier() -> None:

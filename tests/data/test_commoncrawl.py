@@ -161,14 +161,25 @@ def test_ccnet_pipeline_dedup_and_schema(shared_data: Path, prepared: tuple[Path
     info = json.loads((work / "ccnet_lm_en.json").read_text())
     assert info["cutoffs"][0] < info["cutoffs"][1]
     out, ctx = _run(root, work, opts)
-    assert [d.metadata["url"] for d in out] == [
+    # cc_net's paper mode: the planted file repeats the fixture's three pages, and its English
+    # page shares the four Twain lines; every copy of a shared line goes, so the fixture's
+    # English page and both Russian copies are left empty. The Chinese page (100 characters,
+    # twice) is under cc_net's min_len of 300.
+    assert [d.metadata["url"] for d in out] == ["http://planted.example"]
+    planted = out[0]
+    assert "Facts are stubborn things" not in planted.text
+    assert planted.metadata["original_nlines"] == 10 and planted.metadata["nlines"] == 5
+    assert planted.metadata["line_ids"] == [0, 1, 2, 3, 4]
+    assert ctx.stats["length"].dropped == {"too_short": 2}
+    assert ctx.stats["line_dedup"].dropped == {"duplicate_lines": 3}
+    assert ctx.stats["language"].dropped["language"] == 1  # Aragonese (whirlwind)
+    # The older rule, by name: the first copy stays, no minimum length.
+    older, ctx = _run(root, work, _opts(work, line_dedup="keep_first", min_length=0))
+    assert [d.metadata["url"] for d in older] == [
         "http://sample_english.com",
         "http://planted.example",
     ]
-    planted = out[1]
-    assert "Facts are stubborn things" not in planted.text  # seen earlier in the shard group
-    assert planted.metadata["original_nlines"] == 11 and planted.metadata["nlines"] == 5
-    assert planted.metadata["line_ids"] == [0, 1, 2, 3, 4]
+    assert older[1].text == planted.text
     assert ctx.stats["language"].dropped["language"] == 3  # zh, ru, Aragonese (whirlwind)
 
     reference = shared_data / CC / "reference_processed/ccnet_cc_en_head-0091.jsonl.gz"
@@ -185,7 +196,7 @@ def test_ccnet_pipeline_dedup_and_schema(shared_data: Path, prepared: tuple[Path
     salad = "\n".join(" ".join(sorted(line.split(), key=len)) for line in ENGLISH_PAGE.split("\n"))
     doc = cc.Document(salad.replace("e", "x"), "salad", "commoncrawl", {"language": "en"})
     ctx = Context("test")
-    perplexity = cc.steps(_opts(work), work)[2]
+    perplexity = cc.steps(_opts(work), work)[3]
     assert list(perplexity([doc], ctx)) == []
     assert doc.metadata["bucket"] == "tail"
     assert ctx.stats["read"].dropped == {"quality_bucket": 1}

@@ -2,8 +2,11 @@
 
 The pieces, in the order CCNet applies them to a shard of CommonCrawl:
 
-- ``normalize_for_dedup`` + ``line_dedup_step``: a line whose normalized form was already seen
-  in the shard group is removed (first occurrence wins); ``line_ids`` records the kept lines.
+- ``normalize_for_dedup`` + ``line_dedup_step``: cc_net's paper mode (``dedup.py``,
+  ``text_normalizer.py``): every line whose normalized form is in two or more pages of the shard
+  group is removed, all its copies; a line repeated inside one page only is kept once;
+  ``line_ids`` records the kept lines. ``fold_for_dedup`` + ``keep_first_dedup_step`` is the
+  earlier Pasture rule (accents and all punctuation folded, the first occurrence kept).
 - ``LanguageIdentifier`` + ``language_step``: py3langid (ships its model) or a fastText
   ``lid.176.bin``; documents outside ``languages`` or under ``min_score`` are dropped.
 - ``NgramLM`` + ``perplexity_step``: per-document perplexity under a language model trained on
@@ -25,14 +28,14 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from pasture.data.document import Context, Document, FunctionStep, Step, filter_step
+from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, spooled
 from pasture.errors import PastureError
 
 # ---------------------------------------------------------------- normalization
@@ -49,6 +52,9 @@ _PUNCT_TO_ASCII = str.maketrans(
         "％": "%", "►": "-",
     }
 )  # fmt: skip
+
+
+_PUNCT_TO_ASCII_KEYS = "".join(chr(c) for c in _PUNCT_TO_ASCII)
 
 
 @cache
@@ -69,9 +75,26 @@ def strip_accents(text: str) -> str:
     return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
 
 
+# cc_net's text_normalizer: the Unicode punctuation it maps for the LM, and C0/C1 controls.
+_CCNET_PUNCT_OR_NON_PRINTING = re.compile(
+    "[" + "".join(map(re.escape, _PUNCT_TO_ASCII_KEYS)) + "\x00-\x1f\x7f-\x9f]"
+)
+
+
 def normalize_for_dedup(line: str) -> str:
-    """CCNet's ``normalize_for_dedup``: lowercase, digits → 0, no punctuation or control
-    characters; we also strip accents, so "Café 1" and "cafe 2" are the same line."""
+    """cc_net's ``normalize_for_dedup``, exactly: strip, lowercase, every Unicode digit → 0,
+    then delete its 38 Unicode punctuation marks (``“ ” — …``) and control characters. ASCII
+    punctuation and accents stay: "Café, 1" and "cafe 2" are different lines."""
+    line = line.strip()
+    if not line:
+        return line
+    line = _DIGITS.sub("0", line.lower())
+    return _CCNET_PUNCT_OR_NON_PRINTING.sub("", line)
+
+
+def fold_for_dedup(line: str) -> str:
+    """Pasture's looser key (``line_dedup = "keep_first"``): lowercase, digits → 0, no accents,
+    no punctuation (any Unicode P*) or control characters, so "Café 1" and "cafe, 2" match."""
     line = line.strip()
     if not line:
         return line
@@ -96,40 +119,92 @@ def line_hash(normalized: str) -> int:
 # ---------------------------------------------------------------- line dedup
 
 
-def line_dedup_step(name: str = "line_dedup") -> Step:
-    """Remove every line already seen in this shard group (and repeats inside a document).
+def _dedup_lines(
+    doc: Document, lines: list[str], hashes: list[int], keep: Callable[[int], bool]
+) -> bool:
+    """cc_net's ``finalize_doc``: keep the lines ``keep`` accepts, each hash once per page,
+    record ``line_ids`` and the lengths. False when no line is left."""
+    meta = doc.metadata
+    meta.setdefault("original_nlines", meta.get("nlines", len(lines)))
+    meta.setdefault("original_length", meta.get("length", len(doc.text)))
+    old_ids = meta.get("line_ids") or range(len(lines))
+    seen: set[int] = set()
+    kept, kept_ids = [], []
+    for line_id, line, h in zip(old_ids, lines, hashes, strict=False):
+        if h not in seen and h != 0 and keep(h):
+            kept.append(line)
+            kept_ids.append(line_id)
+        seen.add(h)
+    if not kept:
+        return False
+    doc.text = "\n".join(kept)
+    meta.update(nlines=len(kept), length=len(doc.text), line_ids=kept_ids)
+    return True
 
-    Runs once per shard, over the documents of all its files in order, so the first occurrence
-    of a line wins. Empty lines are not kept. Sets CCNet's ``original_nlines``,
-    ``original_length`` (first time only), ``nlines``, ``length`` and ``line_ids`` (indices of
-    the kept lines in the original text). A document left with no line is dropped
-    ``duplicate_lines``.
-    """
+
+def _ccnet_lines(text: str) -> list[str]:
+    """A page's lines as cc_net's WET reader gives them: stripped, the empty ones left out."""
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def length_step(min_length: int) -> Step:
+    """cc_net's ``min_len`` (300 in ``mine.py``): a page whose text, as cc_net reads it, has
+    fewer characters is dropped (``too_short``) before the line dedup sees it."""
+
+    def why_drop(doc: Document) -> str | None:
+        short = len("\n".join(_ccnet_lines(doc.text))) < min_length
+        return "too_short" if short else None
+
+    return filter_step("length", why_drop)
+
+
+def line_dedup_step(name: str = "line_dedup") -> Step:
+    """cc_net's paper mode (``mine.py``: ``HashesCollector`` over the shard group, then
+    ``DuplicatesRemover``): a line (by ``normalize_for_dedup``, sha1's first 8 bytes) found in
+    two or more pages is removed from every page; a line repeated only inside one page stays
+    once. A page left with no line is dropped (``duplicate_lines``). Two passes over the shard
+    (``spooled``): the first counts the pages of each line, the second removes."""
 
     def run(docs: Iterable[Document], ctx: Context) -> Iterator[Document]:
         seen: set[int] = set()
+        duplicated: set[int] = set()
+
+        def see(doc: Document) -> None:
+            # FlatHashSet.add: a page's hashes are looked up before any of them is added.
+            page = {line_hash(normalize_for_dedup(line)) for line in _ccnet_lines(doc.text)}
+            duplicated.update(page & seen)
+            seen.update(page)
+
+        for doc in spooled(docs, see):
+            lines = _ccnet_lines(doc.text)
+            hashes = [line_hash(normalize_for_dedup(line)) for line in lines]
+            if lines and _dedup_lines(doc, lines, hashes, lambda h: h not in duplicated):
+                yield doc
+            else:
+                ctx.drop(doc, "duplicate_lines")
+
+    return FunctionStep(name, run)
+
+
+def keep_first_dedup_step(name: str = "line_dedup") -> Step:
+    """Pasture's earlier rule: a line (by ``fold_for_dedup``) already seen in the shard group
+    is removed, the first occurrence stays; one pass. Empty lines are not kept."""
+
+    def run(docs: Iterable[Document], ctx: Context) -> Iterator[Document]:
+        seen: set[int] = {line_hash("")}  # lines with nothing left after folding go too
+
+        def keep(h: int) -> bool:
+            if h in seen:
+                return False
+            seen.add(h)
+            return True
+
         for doc in docs:
             lines = doc.text.split("\n")
-            meta = doc.metadata
-            meta.setdefault("original_nlines", len(lines))
-            meta.setdefault("original_length", len(doc.text))
-            old_ids = meta.get("line_ids") or range(len(lines))
-            kept, kept_ids = [], []
-            for line_id, line in zip(old_ids, lines, strict=False):
-                normalized = normalize_for_dedup(line)
-                if not normalized:
-                    continue
-                h = line_hash(normalized)
-                if h in seen:
-                    continue
-                seen.add(h)
-                kept.append(line)
-                kept_ids.append(line_id)
-            if not kept:
+            hashes = [line_hash(fold_for_dedup(line)) for line in lines]
+            if not _dedup_lines(doc, lines, hashes, keep):
                 ctx.drop(doc, "duplicate_lines")
                 continue
-            doc.text = "\n".join(kept)
-            meta.update(nlines=len(kept), length=len(doc.text), line_ids=kept_ids)
             yield doc
 
     return FunctionStep(name, run)

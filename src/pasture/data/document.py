@@ -12,7 +12,10 @@ logged as one line naming the file, and the run goes on.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -124,6 +127,21 @@ def map_step(name: str, fn: Callable[[Document], Document | str]) -> Step:
                 yield out
 
     return FunctionStep(name, run)
+
+
+def spooled(docs: Iterable[Document], see: Callable[[Document], None]) -> Iterator[Document]:
+    """Two passes over a stream in bounded memory: every document goes through ``see`` and to
+    a temporary file (gzip) first, then they come back, in order, as they were seen."""
+    with tempfile.TemporaryFile() as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as spool:
+            for doc in docs:
+                see(doc)
+                record = [doc.text, doc.id, doc.source, doc.metadata]
+                spool.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        raw.seek(0)
+        with gzip.GzipFile(fileobj=raw, mode="rb") as spool:
+            for line in spool:
+                yield Document(*json.loads(line))
 
 
 def counted(step: Step, docs: Iterable[Document], ctx: Context) -> Iterator[Document]:

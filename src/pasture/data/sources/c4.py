@@ -36,7 +36,6 @@ import gzip
 import hashlib
 import json
 import re
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +43,15 @@ from importlib import resources
 from pathlib import Path
 
 from pasture.data import ccnet, streams
-from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, map_step
+from pasture.data.document import (
+    Context,
+    Document,
+    FunctionStep,
+    Step,
+    filter_step,
+    map_step,
+    spooled,
+)
 from pasture.errors import PastureError
 
 NAME = "c4"
@@ -250,29 +257,26 @@ def _time_key(doc: Document) -> int:
 def url_dedup_step() -> Step:
     """One page per normalized URL in the shard: the newest, the first read among equals.
 
-    Two passes: the pages are spooled to a temporary file (gzip) while the newest page of each
-    URL is found, then read back in order with the others dropped (``duplicate_url``)."""
+    Two passes: the pages are spooled while the newest page of each URL is found, then read
+    back in order with the others dropped (``duplicate_url``)."""
 
     def run(docs: Iterable[Document], ctx: Context) -> Iterator[Document]:
         best: dict[int, int] = {}  # URL hash -> timestamp * 2**32 + (2**32 - 1 - index)
-        with tempfile.TemporaryFile() as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as spool:
-                for i, doc in enumerate(docs):
-                    key = _url_key(doc)
-                    if key is not None:
-                        rank = (_time_key(doc) << 32) | (0xFFFFFFFF - i)
-                        best[key] = max(best.get(key, rank), rank)
-                    record = [doc.text, doc.id, doc.source, doc.metadata]
-                    spool.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-            raw.seek(0)
-            with gzip.GzipFile(fileobj=raw, mode="rb") as spool:
-                for i, line in enumerate(spool):
-                    doc = Document(*json.loads(line))
-                    key = _url_key(doc)
-                    if key is not None and best[key] & 0xFFFFFFFF != 0xFFFFFFFF - i:
-                        ctx.drop(doc, "duplicate_url")
-                    else:
-                        yield doc
+        count = 0
+
+        def see(doc: Document) -> None:
+            nonlocal count
+            if (key := _url_key(doc)) is not None:
+                rank = (_time_key(doc) << 32) | (0xFFFFFFFF - count)
+                best[key] = max(best.get(key, rank), rank)
+            count += 1
+
+        for i, doc in enumerate(spooled(docs, see)):
+            key = _url_key(doc)
+            if key is not None and best[key] & 0xFFFFFFFF != 0xFFFFFFFF - i:
+                ctx.drop(doc, "duplicate_url")
+            else:
+                yield doc
 
     return FunctionStep("url_dedup", run)
 

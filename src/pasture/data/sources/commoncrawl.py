@@ -1,8 +1,10 @@
 """CommonCrawl through the CCNet pipeline (LLaMA §2.1; Wenzek et al. 2020).
 
 Reads WET files (``conversion`` records, as CCNet does) and WARC files (``response`` records,
-HTML → text with resiliparse's main-content extraction), then: line dedup across the shard
-group → language id → n-gram LM perplexity buckets (head/middle/tail) → optionally LLaMA's
+HTML → text with resiliparse's main-content extraction), then: cc_net's ``min_len`` (pages
+under 300 characters go) → line dedup across the shard group (``line_dedup = "ccnet"``: cc_net's
+paper mode, every line found in two pages removed from all of them; ``"keep_first"``: Pasture's
+earlier rule) → language id → n-gram LM perplexity buckets (head/middle/tail) → optionally LLaMA's
 reference-page classifier. Output metadata follows CCNet's fields (url, date_download, digest,
 source_domain, title, length, nlines, original_length, original_nlines, line_ids, language,
 language_score, perplexity, bucket, cc_segment, provenance).
@@ -49,6 +51,9 @@ from pasture.errors import PastureError
 NAME = "commoncrawl"
 
 
+_LINE_DEDUP = {"ccnet": ccnet.line_dedup_step, "keep_first": ccnet.keep_first_dedup_step}
+
+
 @dataclass
 class Options:
     files_per_shard: int = 8  # CCNet dedups lines across a group of WET files
@@ -68,6 +73,17 @@ class Options:
     min_reference_score: float = 0.5
     max_line_bytes: int = 1_000_000  # a longer line in a WET file drops its record
     max_record_bytes: int = 8_000_000  # CommonCrawl truncates records at 1 MiB
+    # "ccnet": cc_net's paper mode (every copy of a line in two pages goes); "keep_first":
+    # Pasture's earlier rule (first copy kept, accents and punctuation folded)
+    line_dedup: str = "ccnet"
+    min_length: int = 300  # cc_net's min_len: shorter pages (characters) are dropped first
+
+    def __post_init__(self) -> None:
+        if self.line_dedup not in _LINE_DEDUP:
+            raise PastureError(
+                f"sources.commoncrawl.line_dedup = {self.line_dedup!r}: use one of "
+                + ", ".join(repr(m) for m in _LINE_DEDUP)
+            )
 
 
 def find_inputs(root: Path, opts: Options) -> list[Path]:
@@ -179,9 +195,8 @@ def read_wet(path: Path, ctx: Context, opts: Options | None = None) -> Iterator[
         if not url:
             ctx.bad_input(where, "malformed_record", "conversion record without WARC-Target-URI")
             continue
-        lines = [line.strip() for line in body]
-        while lines and not lines[-1]:
-            lines.pop()
+        # cc_net's group_by_docs: stripped lines, empty ones left out; the first is the title.
+        lines = [line.strip() for line in body if line.strip()]
         title, lines = (lines[0], lines[1:]) if lines else ("", [])
         meta = _metadata(url, headers.get("WARC-Date", ""), headers.get("WARC-Block-Digest", ""))
         meta.update(title=title, cc_segment=segment, provenance=f"{path.name}:{index}")
@@ -429,7 +444,8 @@ def steps(opts: Options, work_dir: Path) -> list[Step]:
         cutoffs[lang] = json.loads(info_path.read_text())["cutoffs"]
         models[lang] = _load_model(opts, work_dir, lang)
     out = [
-        ccnet.line_dedup_step(),
+        ccnet.length_step(opts.min_length),
+        _LINE_DEDUP[opts.line_dedup](),
         ccnet.language_step(opts.languages, opts.min_language_score, opts.fasttext_model),
         ccnet.perplexity_step(models, cutoffs, opts.keep_buckets),
     ]
