@@ -172,7 +172,7 @@ def with_prepared(job: ShardJob, digest: str) -> ShardJob:
 
 
 # Bump when a change in the code makes earlier shards wrong, so that reruns redo them.
-SHARD_FORMAT = 7
+SHARD_FORMAT = 8
 
 
 # --- writing ----------------------------------------------------------------------------------
