@@ -49,8 +49,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pasture.interop.hf import config_from_args, hf_key, permute_to_hf
 from pasture.model import ModelArgs, Transformer, count_parameters, flops_per_token
 from pasture.parallel.parallelize import ParallelConfig, parallelize_model
-from pasture.train.loop import micro_batch_loss
-from pasture.train.optim import OptimConfig, build_optimizer, clip_grad_norm
+from pasture.train.loop import micro_batch_loss, train_step
+from pasture.train.optim import OptimConfig, build_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("eager", "compiled")
@@ -180,17 +180,16 @@ def build_hf(pasture: Side, setup: Setup, device: torch.device) -> Side:
 
 
 def make_step(side: Side, tokens: torch.Tensor, autocast: bool) -> Callable[[], float]:
-    """One training step at accumulation 1, as in pasture.train.loop.train (a host sync per
-    step for the logged loss, as there)."""
+    """``pasture train``'s own step (``train_step``) at accumulation 1, for either side's
+    forward (a host sync per step for the logged loss, as there)."""
     grad_clip = OptimConfig().grad_clip
+    micro_batches = [(tokens[:, :-1], tokens[:, 1:])]
 
     def step() -> float:
-        loss = micro_batch_loss(side.logits_of, tokens[:, :-1], tokens[:, 1:], autocast)
-        loss.backward()
-        clip_grad_norm(side.model, grad_clip)
-        side.optimizer.step()
-        side.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        loss, _, _ = train_step(
+            side.model, side.optimizer, micro_batches, grad_clip, autocast, side.logits_of
+        )
+        return loss
 
     return step
 

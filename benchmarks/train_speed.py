@@ -30,8 +30,8 @@ from transformers import LlamaForCausalLM
 from pasture import interop
 from pasture.interop import Checkpoint
 from pasture.model import Transformer, preset
-from pasture.train.loop import micro_batch_loss
-from pasture.train.optim import OptimConfig, build_optimizer, clip_grad_norm
+from pasture.train.loop import train_step
+from pasture.train.optim import OptimConfig, build_optimizer
 
 RESULTS = Path(__file__).parent / "results" / "train_speed.jsonl"
 
@@ -47,11 +47,11 @@ def steps_per_s(step, batches: list[torch.Tensor]) -> tuple[float, float]:
 
 
 def make_step(model, optimizer, logits_of, grad_clip: float, autocast: bool):
+    """pasture train's own step (``train_step``), for either side's forward."""
+
     def step(tokens: torch.Tensor) -> None:
-        micro_batch_loss(logits_of, tokens[:, :-1], tokens[:, 1:], autocast).backward()
-        clip_grad_norm(model, grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        micro_batches = [(tokens[:, :-1], tokens[:, 1:])]
+        train_step(model, optimizer, micro_batches, grad_clip, autocast, logits_of)
 
     return step
 

@@ -17,11 +17,11 @@ import json
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pasture.model import Transformer, preset
 from pasture.parallel.mesh import build_mesh, init_distributed
 from pasture.parallel.parallelize import ParallelConfig, parallelize_model
+from pasture.train.loop import train_step
 
 BATCH, SEQ_LEN, VOCAB = 4, 32, 256
 
@@ -51,17 +51,12 @@ def train(
     for _ in range(steps):
         batch = torch.randint(0, VOCAB, (BATCH, SEQ_LEN + 1), generator=generator)
         local = batch.chunk(dp_size)[dp_rank].to(device)
-        logits = model(local[:, :-1])  # (B / dp, T, vocab)
-        loss = F.cross_entropy(logits.flatten(0, 1), local[:, 1:].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        global_loss = loss.detach().clone()
-        if world_size > 1:
-            # The ranks of a tp group hold the same loss, so the world mean is the dp mean.
-            dist.all_reduce(global_loss)
-            global_loss /= world_size
-        losses.append(global_loss.item())
+        # pasture train's own step; the ranks of a tp group hold the same loss, so the mean
+        # over every rank it reports is the data-parallel mean.
+        loss, _, _ = train_step(
+            model, optimizer, [(local[:, :-1], local[:, 1:])], grad_clip=1.0, autocast=False
+        )
+        losses.append(loss)
     return losses
 
 

@@ -194,6 +194,39 @@ def micro_batch_loss(
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    grad_clip: float,
+    autocast: bool,
+    logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, float, bool]:
+    """One optimizer step of the paper's recipe: each micro-batch's loss (scaled by 1 / their
+    number) backward, gradients clipped to ``grad_clip``, AdamW's step, gradients cleared.
+
+    Returns (loss averaged over the micro-batches and all ranks, gradient norm, stepped). When
+    the loss or the norm is not finite nothing is updated (``stepped`` is False): the caller's
+    ``nan_policy`` decides. ``logits_of`` defaults to ``model`` (the GPU benchmark passes HF's
+    forward). Used by ``train``, the speed benchmarks and the parallel-equivalence tests, so
+    those measure and check this very step.
+    """
+    logits_of = logits_of or model
+    device = micro_batches[0][0].device
+    loss_sum = torch.zeros((), device=device)
+    for inputs, targets in micro_batches:
+        loss = micro_batch_loss(logits_of, inputs, targets, autocast)
+        (loss / len(micro_batches)).backward()
+        loss_sum += loss.detach() / len(micro_batches)
+    grad_norm = float(clip_grad_norm(model, grad_clip))
+    loss_value = mean_over_ranks(loss_sum)
+    stepped = math.isfinite(loss_value) and math.isfinite(grad_norm)
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, grad_norm, stepped
+
+
 @torch.no_grad()
 def validation_loss(
     model: torch.nn.Module, loader: MixtureLoader, batches: int, device: torch.device
@@ -421,28 +454,24 @@ def _train(
         lr = lr_at(step, cfg.steps, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(accumulation):
-            inputs, targets = (t.to(device) for t in next(batches))
-            loss = micro_batch_loss(model, inputs, targets, autocast)
-            (loss / accumulation).backward()
-            loss_sum += loss.detach() / accumulation
-        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-        loss_value = mean_over_ranks(loss_sum)
-        if not math.isfinite(loss_value) or not math.isfinite(float(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
+        micro_batches = [
+            (inputs.to(device), targets.to(device))
+            for inputs, targets in (next(batches) for _ in range(accumulation))
+        ]
+        loss_value, grad_norm, stepped = train_step(
+            model, optimizer, micro_batches, cfg.optim.grad_clip, autocast
+        )
+        if not stepped:
             if cfg.nan_policy == "stop":
                 checkpointer.wait()  # a save in flight holds a good (earlier) state
                 good = checkpoint.latest(run_dir)
                 raise PastureError(
-                    f"step {step}: loss {loss_value}, grad norm {float(grad_norm)}; stopped. "
+                    f"step {step}: loss {loss_value}, grad norm {grad_norm}; stopped. "
                     f"Last good checkpoint: {good or 'none'}"
                 )
             if rank == 0:
                 tqdm.write(f"pasture: step {step}: non-finite loss, batch skipped")
             continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         checkpointer.poll()
         window_tokens += cfg.batch_tokens
         done = step + 1
@@ -454,7 +483,7 @@ def _train(
                 "step": done,
                 "loss": loss_value,
                 "lr": lr,
-                "grad_norm": float(grad_norm),
+                "grad_norm": grad_norm,
                 "tokens": done * cfg.batch_tokens,
                 "tokens_per_s": tokens_per_s,
                 "mfu": None if peak is None else flops * tokens_per_s / (peak * world),
