@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 import statistics
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def test_normalize_for_dedup_is_cc_nets() -> None:
     assert ccnet.normalize_for_dedup("Ａ１٣ B\x07c\x9f") == "ａ00 bc"  # Unicode digits → 0
     assert ccnet.normalize_for_dedup("_Hello") == "_hello"
     assert ccnet.normalize_for_dedup("\u200b \t") == "\u200b"  # not whitespace, not control
+    # the deleted characters are those of cc_net's PUNCT_OR_NON_PRINTING_CHARS_RE, built as it is
+    punct = "，。、„”“«»１」「《》´∶：？！（）；–—．～’…━〈〉【】％►"
+    controls = "".join(map(chr, [*range(32), *range(127, 160)]))
+    reference = re.compile(("[" + punct + "]" + "[" + controls + "]").replace("][", ""))
+    deleted = ccnet._CCNET_PUNCT_OR_NON_PRINTING
+    assert all(
+        bool(reference.fullmatch(chr(c))) == bool(deleted.fullmatch(chr(c))) for c in range(65536)
+    )
     # cc_net's str_hash: sha1's first 8 bytes as a little-endian uint64
     assert ccnet.line_hash("_hello") == int.from_bytes(
         hashlib.sha1(b"_hello").digest()[:8], "little"

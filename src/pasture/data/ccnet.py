@@ -83,7 +83,7 @@ _CCNET_PUNCT_OR_NON_PRINTING = re.compile(
 
 def normalize_for_dedup(line: str) -> str:
     """cc_net's ``normalize_for_dedup``, exactly: strip, lowercase, every Unicode digit → 0,
-    then delete its 38 Unicode punctuation marks (``“ ” — …``) and control characters. ASCII
+    then delete its 34 Unicode punctuation marks (``“ ” — …``) and control characters. ASCII
     punctuation and accents stay: "Café, 1" and "cafe 2" are different lines."""
     line = line.strip()
     if not line:
