@@ -74,6 +74,8 @@ def test_default_keeps_the_largest_sites_given(
     assert len(run_source(inputs[1], tmp_path / "none", listed)[0]) == 225
     with pytest.raises(PastureError, match="prepare"):
         stackexchange.steps(opts, tmp_path / "none")
+    with pytest.raises(PastureError, match="largest_sites = 0"):
+        stackexchange.Options(largest_sites=0)
 
 
 def test_count_posts_across_read_boundaries(tmp_path: Path) -> None:

@@ -46,6 +46,14 @@ NAME = "stackexchange"
 class Options:
     sites: Sequence[str] = ()  # empty: the largest_sites largest given; ["*"]: every site
     largest_sites: int = 28  # the paper's "28 largest websites", by number of posts
+
+    def __post_init__(self) -> None:
+        if self.largest_sites < 1:
+            raise PastureError(
+                f"sources.stackexchange.largest_sites = {self.largest_sites}: keep at least one "
+                'site (sites = ["*"] keeps them all)'
+            )
+
     max_row_chars: int = 16_000_000  # a longer <row …/> (one post) stops reading its file
 
 
