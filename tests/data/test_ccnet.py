@@ -129,6 +129,7 @@ def test_line_dedup_keep_first_is_the_named_older_rule() -> None:
         commoncrawl.Options(line_dedup="first")
 
 
+@pytest.mark.full_data  # a sample outside tests/assets/data
 def test_ccnet_mode_on_real_web_pages(web_texts: list[str]) -> None:
     # 697 real, unfiltered CC pages (Dolma's sample): cc_net's min_len, then its paper mode.
     ctx = Context("s")

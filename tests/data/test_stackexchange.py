@@ -53,6 +53,7 @@ def test_find_inputs_and_shards(inputs: list[Path]) -> None:
     assert stackexchange.shards(inputs, ALL_SITES) == [[p] for p in inputs]
 
 
+@pytest.mark.full_data  # a sample outside tests/assets/data
 def test_default_keeps_the_largest_sites_given(
     shared_data: Path, inputs: list[Path], tmp_path: Path
 ) -> None:
@@ -239,6 +240,7 @@ def test_answer_before_its_question(tmp_path: Path) -> None:
     assert doc.id == "tiny.stackexchange.com/1" and not ctx.stage_stats("read").dropped
 
 
+@pytest.mark.full_data  # a sample outside tests/assets/data
 def test_an_empty_source_is_a_warning_and_a_row_of_table_1(
     shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
