@@ -15,7 +15,7 @@ read so far comes out, with the answers read so far, and the file is reported as
 Which sites: the paper keeps "the 28 largest websites" and names none. By default (``sites``
 empty) ``prepare`` counts the posts (``<row>`` elements) of every site's ``Posts.xml`` given
 and keeps the ``largest_sites`` largest (ties: by name), as RedPajama's ``count.py`` does, and
-writes the choice with every count to ``sites.json`` in its work folder. ``sites = ["*"]``
+writes the choice with their counts to ``sites.json`` in its work folder. ``sites = ["*"]``
 keeps every site; a list of names keeps those. ``steps`` drop the other sites' questions
 (reason ``site``) and empty questions.
 """
@@ -87,11 +87,12 @@ def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
         inputs = find_inputs(input_root, opts)
         readable = [p for p in inputs if why_not_readable(p, input_root) is None]
         posts = {path.parent.name: count_posts(path) for path in readable}
-        ranked = sorted(posts, key=lambda site: (-posts[site], site))
+        chosen = sorted(sorted(posts, key=lambda site: (-posts[site], site))[: opts.largest_sites])
+        # Only the chosen sites: a smaller dump added later changes nothing (nor the shard keys)
         record = {
             "rule": f"the {opts.largest_sites} largest sites given, by number of posts",
-            "sites": sorted(ranked[: opts.largest_sites]),
-            "posts": dict(sorted(posts.items())),
+            "sites": chosen,
+            "posts": {site: posts[site] for site in chosen},
         }
     write_text(work_dir / SITES_FILE, json.dumps(record, indent=1) + "\n")
 
