@@ -173,6 +173,8 @@ def test_first_heading_rule() -> None:
     # a heading inside a comment environment is not the author's structure
     assert cleaned("\\begin{comment}\n%\\section{X}\n\\end{comment}\nNo heading.\n") is None
     assert arxiv.strip_comments("%\\section{X}\nA % b\n") == "A \n"  # by default, all go
+    hidden_input = "%\\section{\\input{t}}\nA\n"  # never kept: \input would inline t here
+    assert arxiv.strip_comments(hidden_input, keep_headings=True) == "A\n"
 
 
 def test_single_gzipped_tex_and_truncated_eprint(root: Path, tmp_path: Path) -> None:

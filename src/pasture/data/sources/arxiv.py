@@ -294,8 +294,11 @@ def strip_comments(tex: str, keep_headings: bool = False) -> str:
     """Remove ``%`` comments (a ``\\%`` is a percent sign and stays; comment-only lines go
     whole) and ``comment`` environments. ``keep_headings`` keeps the lines that are a
     commented-out heading (outside ``comment`` environments), for ``clean``."""
-    if keep_headings:
-        tex = _COMMENTED_HEADING.sub(lambda m: m.group(0).replace("%", _HIDDEN), tex)
+    if keep_headings:  # not a line that inputs a file: its text would be inlined uncommented
+        tex = _COMMENTED_HEADING.sub(
+            lambda m: m.group(0) if _INPUT.search(m.group(0)) else m.group(0).replace("%", _HIDDEN),
+            tex,
+        )
     tex = _FULL_LINE_COMMENT.sub("", tex)
     tex = _COMMENT_ENV.sub("", _INLINE_COMMENT.sub(r"\1", tex))
     return tex.replace(_HIDDEN, "%") if keep_headings else tex
