@@ -164,7 +164,6 @@ FULL_DATA: dict[str, tuple[str, ...]] = {
     ),
     "tests/data/test_stackexchange.py": (
         "test_find_inputs_and_shards",
-        "test_default_sites_drop_small_sites",
         "test_code_blocks_keep_their_text",
         "test_broken_xml_keeps_questions_before_it",
         "test_cut_file_keeps_questions_before_the_cut",
