@@ -15,7 +15,7 @@ from pasture.data.tokenizer import Tokenizer
 from pasture.errors import PastureError
 from pasture.interop import gguf as pasture_gguf
 from pasture.interop import llama2c
-from pasture.interop.checkpoint import Checkpoint
+from pasture.interop.weights import Checkpoint
 from pasture.model import ModelArgs, Transformer
 
 DATA = Path(

@@ -13,7 +13,7 @@ import torch
 from pasture.data.tokenizer import Tokenizer
 from pasture.errors import PastureError
 from pasture.interop import llama2c
-from pasture.interop.checkpoint import Checkpoint
+from pasture.interop.weights import Checkpoint
 from pasture.model import ModelArgs, Transformer
 from pasture.model.llama import rotary_frequencies
 

@@ -14,7 +14,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from . import gguf, hf, llama2c, meta
-from .checkpoint import Checkpoint
+from .weights import Checkpoint
 
 FORMATS = {"meta": meta, "hf": hf, "llama2c": llama2c, "gguf": gguf}
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}

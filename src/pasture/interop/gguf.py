@@ -31,7 +31,7 @@ from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import atomic_file
 from ..model import ConfigError, ModelArgs
-from .checkpoint import Checkpoint, check_file
+from .weights import Checkpoint, check_file
 
 MAGIC = b"GGUF"
 

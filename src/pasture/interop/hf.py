@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..model import ConfigError, ModelArgs
-from .checkpoint import (
+from .weights import (
     Checkpoint,
     FolderLayout,
     check_folder,

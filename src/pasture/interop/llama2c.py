@@ -31,7 +31,7 @@ from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import atomic_file, write_bytes
 from ..model import ConfigError, ModelArgs
-from .checkpoint import Checkpoint, check_file
+from .weights import Checkpoint, check_file
 
 MAGIC = 0x616B3432  # "ak42" read as a little-endian uint32
 V0_HEADER_BYTES = 7 * 4

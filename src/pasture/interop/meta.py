@@ -17,7 +17,7 @@ import torch
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..model import ConfigError, ModelArgs
-from .checkpoint import (
+from .weights import (
     Checkpoint,
     FolderLayout,
     check_folder,

@@ -36,6 +36,7 @@ from torch.distributed.tensor.parallel import (
 
 from pasture.errors import PastureError
 from pasture.model import Transformer
+from pasture.parallel.activation_checkpoint import apply_activation_checkpointing
 
 AC_MODES = ("none", "full", "selective")
 PRECISIONS = ("bf16", "fp32")
@@ -90,14 +91,6 @@ def parallelize_model(
             apply_tensor_parallel(model, mesh["tp"])
 
     if cfg.activation_checkpointing != "none":
-        try:
-            from pasture.parallel.checkpointing import apply_activation_checkpointing
-        except ImportError as exc:
-            raise PastureError(
-                f"parallel.activation_checkpointing = {cfg.activation_checkpointing!r} needs "
-                "pasture.parallel.checkpointing, which is not available in this checkout: "
-                "set parallel.activation_checkpointing = 'none'"
-            ) from exc
         apply_activation_checkpointing(model, cfg.activation_checkpointing)
 
     if cfg.compile:

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pasture.errors import PastureError
 from pasture.model import Transformer, preset
-from pasture.parallel.checkpointing import AC_MODES, apply_activation_checkpointing
+from pasture.parallel.activation_checkpoint import AC_MODES, apply_activation_checkpointing
 
 VOCAB = 300
 PREFIX = "_checkpoint_wrapped_module."
