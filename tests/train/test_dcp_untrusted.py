@@ -5,6 +5,7 @@ and a damaged checkpoint is one line naming the file."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -136,3 +137,12 @@ def test_damaged_checkpoints_are_one_line_errors(run: Path, tmp_path: Path) -> N
     result = _export(run, tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "cannot load into this model" in result.stderr
+
+
+def test_a_step_past_the_run_or_out_of_range_is_one_line(run: Path) -> None:
+    state_file = _step(run) / "train_state.json"
+    state = json.loads(state_file.read_text())
+    for step, message in [(10**30, r"step 10{30} is not a step number"), (9, r"step 9 is past")]:
+        state_file.write_text(json.dumps({**state, "step": step}))
+        with pytest.raises(PastureError, match=message):
+            _resume(run)  # steps = 6

@@ -361,18 +361,33 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             handle.close()  # releases the lock
 
 
-def _read_step(path: Path) -> tuple[int, str]:
-    """(step, "") from the checkpoint's train_state.json, or (-1, the problem)."""
+MAX_STEP = 2**53  # a step number, well inside the int64 the ranks compare
+
+
+def read_train_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``train_state.json``: a dict with a step number and a loader state."""
     state_file = path / "train_state.json"
     try:
-        step = json.loads(state_file.read_text())["step"]
+        state = json.loads(state_file.read_text())
     except FileNotFoundError:
-        return -1, f"{path}: not a complete checkpoint (no train_state.json)"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return -1, f"{state_file}: unreadable ({type(e).__name__}: {str(e)[:100]})"
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        return -1, f"{state_file}: step {step!r} is not a step number"
-    return step, ""
+        raise PastureError(f"{path}: not a complete checkpoint (no train_state.json)") from None
+    except (OSError, ValueError, RecursionError) as e:
+        problem = f"{type(e).__name__}: {str(e)[:100]}"
+        raise PastureError(f"{state_file}: unreadable ({problem})") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
+        raise PastureError(f"{state_file}: step {step!r} is not a step number")
+    if not isinstance(state.get("loader"), dict):
+        raise PastureError(f"{state_file}: no data-loader state")
+    return state
+
+
+def _read_step(path: Path) -> tuple[int, str]:
+    """(step, "") from the checkpoint's train state, or (-1, the problem)."""
+    try:
+        return read_train_state(path)["step"], ""
+    except PastureError as e:
+        return -1, str(e)
 
 
 def resume_point(run_dir: Path, resume: str | bool) -> Path | None:
@@ -428,19 +443,7 @@ def agree_on_progress(step: int, steps: int, train_state: object) -> None:
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG from ``path``; return its train state."""
-    state_file = path / "train_state.json"
-    if not state_file.is_file():
-        raise PastureError(f"{path}: not a complete checkpoint (no train_state.json)")
-    try:
-        train_state = json.loads(state_file.read_text())
-    except (OSError, ValueError) as e:
-        raise PastureError(f"{state_file}: unreadable ({str(e)[:200]})") from None
-    if not (
-        isinstance(train_state, dict)
-        and isinstance(train_state.get("step"), int)
-        and isinstance(train_state.get("loader"), dict)
-    ):
-        raise PastureError(f"{state_file}: not a train state (needs an int step and a loader)")
+    train_state = read_train_state(path)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp_load(state, path, no_dist=not dist.is_initialized())

@@ -426,6 +426,8 @@ def _train(
         loader.load_state_dict(state["loader"])
         start = state["step"]
         checkpoint.agree_on_progress(start, cfg.steps, state["loader"])
+        if start > cfg.steps:  # every rank, as they agree
+            raise PastureError(f"{path}: step {start} is past steps = {cfg.steps}; raise steps")
 
     autocast = cfg.parallel.mixed_precision == "bf16" and mesh is None and device.type == "cuda"
     peak = peak_flops(device, cfg.peak_tflops)
