@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_support import cli_error
 
 from pasture.config import build, load_toml, to_dict
 from pasture.errors import PastureError
@@ -93,12 +94,8 @@ TRAIN_DEBUG = Path(__file__).resolve().parents[1] / "configs" / "train" / "debug
 def test_bad_train_settings_fail_in_one_line_before_any_work(
     override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pasture.cli import main
-
     run = tmp_path / "run"
-    assert main(["train", f"--set=run_dir={run}", f"--set={override}"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pasture: error: ") and message in err[0], err
+    cli_error(["train", f"--set=run_dir={run}", f"--set={override}"], capsys, message)
     assert not run.exists()  # nothing written
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import cli_error
 
 from pasture import interop
 from pasture.cli import main
@@ -52,23 +53,13 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _error(argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("pasture: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
-
-
 @pytest.mark.parametrize("fmt", ["hf", "meta"])
 def test_convert_refuses_a_folder_of_user_files(
     tmp_path: Path, src: Path, fmt: str, capsys
 ) -> None:
     dst = tmp_path / "dst"
     before = _user_folder(dst)
-    _error(["convert", str(src), str(dst), "--to", fmt], capsys, str(dst), "--force")
+    cli_error(["convert", str(src), str(dst), "--to", fmt], capsys, str(dst), "--force")
     assert _snapshot(dst) == before
 
     # --force writes the format's files beside the user's, which all survive.
@@ -129,7 +120,7 @@ def test_rewriting_own_checkpoint_replaces_only_format_files(
 def test_other_format_in_destination_is_refused(tmp_path: Path, src: Path, capsys) -> None:
     interop.save(interop.load(src), tmp_path / "hf", "hf")
     before = _snapshot(tmp_path / "hf")
-    _error(
+    cli_error(
         ["convert", str(src), str(tmp_path / "hf"), "--to", "meta"],
         capsys,
         "'config.json', which Pasture does not write for Meta",
@@ -138,7 +129,7 @@ def test_other_format_in_destination_is_refused(tmp_path: Path, src: Path, capsy
     # A folder of only owned names but no valid marker is not a checkpoint either.
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.model").write_bytes(b"user's tokenizer")
-    _error(["convert", str(src), str(tmp_path / "tok"), "--to", "meta"], capsys, "params.json")
+    cli_error(["convert", str(src), str(tmp_path / "tok"), "--to", "meta"], capsys, "params.json")
     assert (tmp_path / "tok" / "tokenizer.model").read_bytes() == b"user's tokenizer"
     # An empty folder is fine.
     (tmp_path / "empty").mkdir()
@@ -148,7 +139,7 @@ def test_other_format_in_destination_is_refused(tmp_path: Path, src: Path, capsy
 def test_folder_format_never_replaces_a_file(tmp_path: Path, src: Path, capsys) -> None:
     (tmp_path / "out").write_text("a user's file")
     for force in ([], ["--force"]):
-        _error(
+        cli_error(
             ["convert", str(src), str(tmp_path / "out"), "--to", "hf", *force],
             capsys,
             "not a folder",
@@ -162,7 +153,7 @@ def test_file_formats_refuse_other_files(
 ) -> None:
     dst = tmp_path / name
     dst.write_text("a user's file")
-    _error(["convert", str(src), str(dst), "--to", fmt], capsys, str(dst), "--force")
+    cli_error(["convert", str(src), str(dst), "--to", fmt], capsys, str(dst), "--force")
     assert dst.read_text() == "a user's file"
     assert main(["convert", str(src), str(dst), "--to", fmt]) != 0  # still refused
     capsys.readouterr()
@@ -174,7 +165,7 @@ def test_file_formats_refuse_other_files(
     # A folder is never replaced by a file, even with --force.
     (tmp_path / "dir.bin").mkdir()
     (tmp_path / "dir.bin" / "keep.txt").write_text("keep")
-    _error(
+    cli_error(
         ["convert", str(src), str(tmp_path / "dir.bin"), "--to", fmt, "--force"],
         capsys,
         "is a folder",
@@ -185,10 +176,11 @@ def test_file_formats_refuse_other_files(
 def test_llama2c_tokenizer_beside_it(tmp_path: Path, src: Path, shared_data: Path, capsys) -> None:
     # llama2.c's tokenizer travels as NAME.model: a file there that is no tokenizer is kept.
     (tmp_path / "out.model").write_text("not a tokenizer")
-    _error(["convert", str(src), str(tmp_path / "out.bin"), "--to", "llama2c"], capsys, "out.model")
+    to_llama2c = ["convert", str(src), "--to", "llama2c"]
+    cli_error([*to_llama2c, str(tmp_path / "out.bin")], capsys, "out.model")
     assert not (tmp_path / "out.bin").exists()
     assert (tmp_path / "out.model").read_text() == "not a tokenizer"
-    _error(["convert", str(src), str(tmp_path / "x.model"), "--to", "llama2c"], capsys, "collide")
+    cli_error([*to_llama2c, str(tmp_path / "x.model")], capsys, "collide")
 
     # Replacing a llama2.c checkpoint without a tokenizer removes the old one's tokenizer,
     # which would otherwise be read as the new model's.
@@ -204,9 +196,9 @@ def test_llama2c_tokenizer_beside_it(tmp_path: Path, src: Path, shared_data: Pat
 def test_init_and_export_check_before_any_work(tmp_path: Path, capsys) -> None:
     dst = tmp_path / "dst"
     before = _user_folder(dst)
-    _error(["init", "debug", str(dst), "--to", "hf"], capsys, str(dst), "--force")
+    cli_error(["init", "debug", str(dst), "--to", "hf"], capsys, str(dst), "--force")
     # export checks the destination before reading the run (here there is none).
-    _error(["export", str(tmp_path / "no-run"), str(dst), "--to", "meta"], capsys, str(dst))
+    cli_error(["export", str(tmp_path / "no-run"), str(dst), "--to", "meta"], capsys, str(dst))
     assert _snapshot(dst) == before
     assert main(["init", "debug", str(dst), "--to", "hf", "--force"]) == 0
     assert {k: v for k, v in _snapshot(dst).items() if k in before} == before

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import cli_error
 from safetensors.torch import save_file
 
 from pasture import interop
@@ -48,23 +49,13 @@ def _refused(path: Path, *fragments: str, seconds: float = 5.0) -> str:
     return message
 
 
-def _cli_error(argv: list[str], capsys: pytest.CaptureFixture, *fragments: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("pasture: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
-
-
 # llama2.c
 
 
 def test_llama2c_header_claiming_2_billion_layers(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "huge.bin"
     bad.write_bytes(struct.pack("<7i", 64, 128, 2**31 - 1, 4, 4, 32, 16))  # 28 bytes
-    _cli_error(["info", str(bad)], capsys, "huge.bin", "unrecognized")  # not a plausible header
+    cli_error(["info", str(bad)], capsys, "huge.bin", "unrecognized")  # not a plausible header
     from pasture.interop import llama2c
 
     with pytest.raises(PastureError, match="truncated: 28 bytes"):
@@ -114,7 +105,7 @@ def test_meta_params(tmp_path: Path, params: dict, fragment: str) -> None:
 def test_meta_params_not_an_object(tmp_path: Path, capsys) -> None:
     folder = _meta(tmp_path)
     (folder / "params.json").write_text("[1, 2]")
-    _cli_error(["info", str(folder)], capsys, "params.json", "JSON object")
+    cli_error(["info", str(folder)], capsys, "params.json", "JSON object")
 
 
 def test_meta_mismatched_shards(tmp_path: Path) -> None:
@@ -175,9 +166,9 @@ def test_hf_config(tmp_path: Path, changes: dict, fragment: str) -> None:
 def test_hf_config_not_an_object(tmp_path: Path, capsys) -> None:
     folder = _hf(tmp_path)
     (folder / "config.json").write_text("[1, 2, 3]")
-    _cli_error(["info", str(folder)], capsys, "config.json", "must hold a JSON object, not list")
+    cli_error(["info", str(folder)], capsys, "config.json", "must hold a JSON object, not list")
     (folder / "config.json").write_text("[" * 100_000)
-    _cli_error(["info", str(folder)], capsys, "config.json", "unreadable")
+    cli_error(["info", str(folder)], capsys, "config.json", "unreadable")
 
 
 @pytest.mark.parametrize(
@@ -211,7 +202,7 @@ def test_hf_pickle_is_refused_and_never_run(tmp_path: Path, capsys) -> None:
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
     _write_malicious_pickle(folder / "pytorch_model.bin", marker)
-    _cli_error(["info", str(folder)], capsys, "pytorch_model.bin", "refused")
+    cli_error(["info", str(folder)], capsys, "pytorch_model.bin", "refused")
     assert not marker.exists()
     # A pickle of something other than a dict of tensors is refused too.
     torch.save([torch.zeros(2)], folder / "pytorch_model.bin")
@@ -324,21 +315,21 @@ def hf_with_tokenizer(tmp_path: Path, shared_data: Path) -> Path:
 
 def test_generate_arguments(hf_with_tokenizer: Path, capsys) -> None:
     base = ["generate", "--checkpoint", str(hf_with_tokenizer)]
-    _cli_error(
+    cli_error(
         [*base, "--prompt", "Once upon a time there was a very long prompt"],
         capsys,
         "leaves no room in the model's context of 8 tokens",
     )
-    _cli_error([*base, "--prompt", "x", "--max-new-tokens", "-5"], capsys, "-5: must be 0")
+    cli_error([*base, "--prompt", "x", "--max-new-tokens", "-5"], capsys, "-5: must be 0")
     cuda = "cuda:999" if torch.cuda.is_available() else "cuda"
-    _cli_error([*base, "--prompt", "x", "--device", cuda], capsys, f"--device {cuda}")
-    _cli_error([*base, "--prompt", "x", "--device", "tpu:7"], capsys, "--device 'tpu:7'")
+    cli_error([*base, "--prompt", "x", "--device", cuda], capsys, f"--device {cuda}")
+    cli_error([*base, "--prompt", "x", "--device", "tpu:7"], capsys, "--device 'tpu:7'")
     assert main([*base, "--prompt", "x", "--max-new-tokens", "3", "--seed", "1"]) == 0
 
 
 def test_eval_out_is_a_file(tmp_path: Path, capsys) -> None:
     (tmp_path / "results").write_text("a user's file")
-    _cli_error(
+    cli_error(
         [
             "eval",
             "--checkpoint",
@@ -373,7 +364,7 @@ def test_hostile_header_through_a_real_process(tmp_path: Path) -> None:
 def test_oversized_or_deeply_nested_json(tmp_path: Path, capsys) -> None:
     folder = _meta(tmp_path)
     (folder / "params.json").write_text("[" * 100_000)
-    _cli_error(["info", str(folder)], capsys, "params.json", "unreadable")
+    cli_error(["info", str(folder)], capsys, "params.json", "unreadable")
     with open(folder / "params.json", "w") as f:
         f.truncate(17 * 2**20)  # sparse: 17 MiB of zeros on disk costs nothing
-    _cli_error(["info", str(folder)], capsys, "params.json", "larger than 16 MiB")
+    cli_error(["info", str(folder)], capsys, "params.json", "larger than 16 MiB")
