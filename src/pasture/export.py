@@ -43,7 +43,11 @@ def load_trained(run_dir: Path, step_dir: Path | None = None) -> Checkpoint:
     if "model.tok_embeddings.weight" not in entries:
         raise PastureError(f"{step_dir}: not a Pasture training checkpoint (no embeddings)")
     vocab = entries["model.tok_embeddings.weight"].size[0]
-    model = Transformer(preset(cfg.model.preset, vocab_size=vocab, **overrides))
+    try:
+        args = preset(cfg.model.preset, vocab_size=vocab, **overrides)
+    except PastureError as e:  # the shapes come from the checkpoint's (untrusted) metadata
+        raise PastureError(f"{step_dir}: {e}") from None
+    model = Transformer(args)
     state = {"model": model.state_dict()}
     train_checkpoint.dcp_load(state, step_dir, no_dist=True)
     model.load_state_dict(state["model"])

@@ -146,3 +146,19 @@ def test_a_step_past_the_run_or_out_of_range_is_one_line(run: Path) -> None:
         state_file.write_text(json.dumps({**state, "step": step}))
         with pytest.raises(PastureError, match=message):
             _resume(run)  # steps = 6
+
+
+def test_metadata_that_claims_a_huge_vocabulary_builds_nothing(run: Path, tmp_path: Path) -> None:
+    step = _step(run)
+    with (step / ".metadata").open("rb") as f:
+        metadata = pickle.load(f)  # our own file, written by the run above
+    embeddings = metadata.state_dict_metadata["model.tok_embeddings.weight"]
+    embeddings.size = torch.Size([10**12, embeddings.size[1]])
+    with (step / ".metadata").open("wb") as f:
+        pickle.dump(metadata, f)
+    result = _export(run, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"pasture: error: {step}: vocab_size must be in 1..16,777,216, got 1,000,000,000,000"
+    ]
+    assert not (tmp_path / "hf").exists()
