@@ -97,7 +97,7 @@ def wait(launchers: list[subprocess.Popen], logs: list[Path], timeout: float) ->
     for pid in ranks:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR1)  # faulthandler: every thread's stack to stderr
-    time.sleep(2.0)
+    time.sleep(3.0)  # the dumps reach the log (through torchrun's --tee where used)
     for launcher in launchers:
         kill(launcher)
     pytest.fail(f"torchrun did not finish within {timeout:.0f} s; stacks:\n{tail(logs)}")

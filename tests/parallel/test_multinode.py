@@ -157,6 +157,9 @@ def test_watchdog_fails_a_hung_launch_with_every_rank_stack(tmp_path: Path) -> N
     script.write_text(HANG)
     log = tmp_path / "hang.log"
     command = [*launch.TORCHRUN, "--nproc-per-node", "2", "--master-port", str(launch.free_port())]
+    # Each rank's output through its own file, copied to the log line by line ("[default0]:…"):
+    # the two ranks' stacks then never interleave within a line.
+    command += ["--log-dir", str(tmp_path / "ranks"), "--redirects", "3", "--tee", "3"]
     launcher = launch.start([*command, str(script), str(tmp_path)], log)
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready-{r}").exists() for r in range(2)):
@@ -169,4 +172,7 @@ def test_watchdog_fails_a_hung_launch_with_every_rank_stack(tmp_path: Path) -> N
     assert "torchrun did not finish within 1 s" in report
     assert f'File "{script}", line 8 in <module>' in report  # rank 0: time.sleep
     assert f'File "{script}", line 9 in <module>' in report  # rank 1: dist.barrier
+    deadline = time.monotonic() + 10  # SIGKILLed: gone once the kernel has reaped them
+    while any(launch.alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [pid for pid in ranks if launch.alive(pid)]
