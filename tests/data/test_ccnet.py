@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pasture.data import ccnet
+from pasture.data.ccnet import dedup, language, normalize, quality
 from pasture.data.document import Context, Document, run_steps
 from pasture.data.sources import commoncrawl
 from pasture.errors import PastureError
@@ -42,28 +42,28 @@ def web_texts(shared_data: Path) -> list[str]:
 def test_normalize_for_dedup_is_cc_nets() -> None:
     # cc_net text_normalizer.normalize_for_dedup: strip, lower, \d → 0, then delete its
     # UNICODE_PUNCT keys and the C0/C1 controls; ASCII punctuation and accents stay.
-    assert ccnet.normalize_for_dedup("  Café, 1999: Hello!  ") == "café, 0000: hello!"
-    assert ccnet.normalize_for_dedup("Café 1") != ccnet.normalize_for_dedup("cafe, 2!")
-    assert ccnet.normalize_for_dedup("“Quoted” — text…") == "quoted  text"
-    assert ccnet.normalize_for_dedup("Ａ１٣ B\x07c\x9f") == "ａ00 bc"  # Unicode digits → 0
-    assert ccnet.normalize_for_dedup("_Hello") == "_hello"
-    assert ccnet.normalize_for_dedup("\u200b \t") == "\u200b"  # not whitespace, not control
+    assert normalize.normalize_for_dedup("  Café, 1999: Hello!  ") == "café, 0000: hello!"
+    assert normalize.normalize_for_dedup("Café 1") != normalize.normalize_for_dedup("cafe, 2!")
+    assert normalize.normalize_for_dedup("“Quoted” — text…") == "quoted  text"
+    assert normalize.normalize_for_dedup("Ａ１٣ B\x07c\x9f") == "ａ00 bc"  # Unicode digits → 0
+    assert normalize.normalize_for_dedup("_Hello") == "_hello"
+    assert normalize.normalize_for_dedup("\u200b \t") == "\u200b"  # not whitespace, not control
     # the deleted characters are those of cc_net's PUNCT_OR_NON_PRINTING_CHARS_RE, built as it is
     punct = "，。、„”“«»１」「《》´∶：？！（）；–—．～’…━〈〉【】％►"
     controls = "".join(map(chr, [*range(32), *range(127, 160)]))
     reference = re.compile(("[" + punct + "]" + "[" + controls + "]").replace("][", ""))
-    deleted = ccnet._CCNET_PUNCT_OR_NON_PRINTING
+    deleted = normalize._CCNET_PUNCT_OR_NON_PRINTING
     assert all(
         bool(reference.fullmatch(chr(c))) == bool(deleted.fullmatch(chr(c))) for c in range(65536)
     )
     # cc_net's str_hash: sha1's first 8 bytes as a little-endian uint64
-    assert ccnet.line_hash("_hello") == int.from_bytes(
+    assert dedup.line_hash("_hello") == int.from_bytes(
         hashlib.sha1(b"_hello").digest()[:8], "little"
     )
     # Pasture's looser key, kept for line_dedup = "keep_first"
-    assert ccnet.fold_for_dedup("  Café, 1999: Hello!  ") == "cafe 0000 hello"
-    assert ccnet.fold_for_dedup("Café 1") == ccnet.fold_for_dedup("cafe, 2!")
-    assert ccnet.fold_for_dedup("\u200b \t") == ""
+    assert normalize.fold_for_dedup("  Café, 1999: Hello!  ") == "cafe 0000 hello"
+    assert normalize.fold_for_dedup("Café 1") == normalize.fold_for_dedup("cafe, 2!")
+    assert normalize.fold_for_dedup("\u200b \t") == ""
 
 
 def _docs(*texts: str) -> list[Document]:
@@ -82,7 +82,7 @@ def test_line_dedup_as_cc_nets_tests() -> None:
         _lines("Hello", "_World", "I'm so original"),
         _lines("Good morning", "_World", "I'm originaler"),
     )
-    out = list(ccnet.line_dedup_step()(docs, ctx))
+    out = list(dedup.line_dedup_step()(docs, ctx))
     assert [(d.text, d.metadata["line_ids"], d.metadata["nlines"]) for d in out] == [
         (_lines("Hello", "I'm so original"), [0, 2], 2),
         (_lines("Good morning", "I'm originaler"), [0, 2], 2),
@@ -101,7 +101,7 @@ def test_line_dedup_as_cc_nets_tests() -> None:
         _lines("Delta", "Gamma"),
         _lines("Cafe"),
     )
-    out = list(ccnet.line_dedup_step()(docs, ctx))
+    out = list(dedup.line_dedup_step()(docs, ctx))
     assert [(d.id, d.text, d.metadata["line_ids"]) for d in out] == [
         ("d0", _lines("Alpha line", "Beta line"), [0, 1]),
         ("d2", "Café", [1]),
@@ -118,7 +118,7 @@ def test_line_dedup_keep_first_is_the_named_older_rule() -> None:
         "Second page intro.\n\nSecond page outro.",
     )
     ctx = Context("s")
-    out = list(ccnet.keep_first_dedup_step()(docs, ctx))
+    out = list(dedup.keep_first_dedup_step()(docs, ctx))
     assert [d.id for d in out] == ["d0", "d1"]
     assert out[0].text.count("\n") == 3
     assert out[1].text == "Second page intro.\nSecond page outro."
@@ -133,39 +133,39 @@ def test_line_dedup_keep_first_is_the_named_older_rule() -> None:
 def test_ccnet_mode_on_real_web_pages(web_texts: list[str]) -> None:
     # 697 real, unfiltered CC pages (Dolma's sample): cc_net's min_len, then its paper mode.
     ctx = Context("s")
-    steps = [ccnet.length_step(300), ccnet.line_dedup_step()]
+    steps = [dedup.length_step(300), dedup.line_dedup_step()]
     out = list(run_steps(_docs(*web_texts), steps, ctx))
     assert ctx.stats["length"].dropped == {"too_short": 146}
     assert ctx.stats["line_dedup"].dropped == {"duplicate_lines": 5}
     assert len(out) == 546 and sum(d.metadata["nlines"] for d in out) == 17_529
-    keys = [{ccnet.normalize_for_dedup(x) for x in d.text.split("\n")} for d in out]
+    keys = [{normalize.normalize_for_dedup(x) for x in d.text.split("\n")} for d in out]
     assert sum(map(len, keys)) == len(set().union(*keys))  # no kept line is in two pages
     for doc in out:
-        source = ccnet._ccnet_lines(web_texts[int(doc.id[1:])])
+        source = dedup.wet_lines(web_texts[int(doc.id[1:])])
         assert doc.text.split("\n") == [source[i] for i in doc.metadata["line_ids"]]
     # The older rule keeps the first copy and folds accents and punctuation: 131 of its line
     # classes merge lines cc_net keeps apart.
     ctx = Context("s")
-    older = list(ccnet.keep_first_dedup_step()(_docs(*web_texts), ctx))
+    older = list(dedup.keep_first_dedup_step()(_docs(*web_texts), ctx))
     assert len(older) == 657 and sum(d.metadata["nlines"] for d in older) == 18_628
 
 
 def test_language_identifier() -> None:
-    ident = ccnet.LanguageIdentifier()
+    ident = language.LanguageIdentifier()
     lang, score = ident.identify("The quick brown fox jumps over the lazy dog near the river.")
     assert lang == "en" and 0.5 <= score <= 1.0
     assert ident.identify("Der schnelle braune Fuchs springt über den faulen Hund.")[0] == "de"
     with pytest.raises(Exception, match="fasttext"):
-        ccnet.LanguageIdentifier("/nonexistent/lid.176.bin")
+        language.LanguageIdentifier("/nonexistent/lid.176.bin")
 
 
 def test_ngram_lm_ranks_wikipedia_above_garbage(wiki_texts: list[str], tmp_path: Path) -> None:
     train, held_out = wiki_texts[:30], wiki_texts[30:]
     lines = [line for t in train for line in t.split("\n") if line.strip()]
-    tokens = ccnet.SentencePieceTokens.train(lines, 2000)
-    lm = ccnet.NgramLM.train(map(tokens, lines), tokens.vocab_size, 4)
+    tokens = quality.SentencePieceTokens.train(lines, 2000)
+    lm = quality.NgramLM.train(map(tokens, lines), tokens.vocab_size, 4)
     lm.save(tmp_path / "lm.npz")
-    model = ccnet.PerplexityModel(tokens, ccnet.NgramLM.load(tmp_path / "lm.npz"))
+    model = quality.PerplexityModel(tokens, quality.NgramLM.load(tmp_path / "lm.npz"))
 
     # probabilities of a context sum to one over the vocabulary (+ EOS)
     ctx = tuple(tokens(lines[0])[:3])
@@ -184,11 +184,11 @@ def test_ngram_lm_ranks_wikipedia_above_garbage(wiki_texts: list[str], tmp_path:
     assert statistics.median(shuffled) < statistics.median(letters)
     assert max(wiki) < min(letters)
     cutoffs = (statistics.median(wiki), max(letters))
-    assert ccnet.bucket_of(min(wiki), cutoffs) == "head"
-    assert ccnet.bucket_of(max(shuffled), cutoffs) == "middle"
-    assert ccnet.bucket_of(max(letters) + 1, cutoffs) == "tail"
+    assert quality.bucket_of(min(wiki), cutoffs) == "head"
+    assert quality.bucket_of(max(shuffled), cutoffs) == "middle"
+    assert quality.bucket_of(max(letters) + 1, cutoffs) == "tail"
     # same input, same model
-    one, two = (ccnet.NgramLM.train(map(tokens, lines[:500]), tokens.vocab_size, 4) for _ in "ab")
+    one, two = (quality.NgramLM.train(map(tokens, lines[:500]), tokens.vocab_size, 4) for _ in "ab")
     assert all(np.array_equal(a, b) for a, b in zip(one.grams, two.grams, strict=True))
 
 
@@ -198,19 +198,19 @@ def test_reference_classifier_learns_wikipedia_vs_web(
     wiki = [p for t in wiki_texts for p in t.split("\n") if len(p) > 300]
     web = [t for t in web_texts if len(t) > 300]
     assert len(wiki) > 300 and len(web) > 300
-    clf = ccnet.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
+    clf = quality.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
     pos = [clf.score(t) for t in wiki[1::2]]
     neg = [clf.score(t) for t in web[1::2]]
     accuracy = (sum(s >= 0.5 for s in pos) + sum(s < 0.5 for s in neg)) / (len(pos) + len(neg))
     assert accuracy > 0.85, accuracy
     clf.save(tmp_path / "clf.npz")
-    loaded = ccnet.ReferenceClassifier.load(tmp_path / "clf.npz")
+    loaded = quality.ReferenceClassifier.load(tmp_path / "clf.npz")
     assert loaded.score(wiki[1]) == clf.score(wiki[1])
-    again = ccnet.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
+    again = quality.train_reference_classifier(wiki[::2], web[::2], n_features=2**18)
     assert np.array_equal(again.weights, clf.weights)
 
     ctx = Context("s")
     docs = _docs(wiki[1], web[1])
-    kept = list(ccnet.reference_step(clf, 0.5)(docs, ctx))
+    kept = list(quality.reference_step(clf, 0.5)(docs, ctx))
     assert "reference_score" in docs[1].metadata
     assert len(kept) + sum(ctx.stats["read"].dropped.values()) == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pasture.data.ccnet.language import language_step
 from pasture.data.document import Context, run_steps
 from pasture.data.sources import commoncrawl as cc
 
@@ -68,12 +69,12 @@ def test_warc_excerpt_languages(shared_data: Path) -> None:
     ctx = Context("test")
     docs = _read(shared_data / CC / WARC, ctx)
     assert len(docs) == 16 and all(d.text.strip() for d in docs)
-    language = cc.ccnet.language_step(None, 0.0)
+    language = language_step(None, 0.0)
     kept = list(language(docs, ctx))
     assert Counter(d.metadata["language"] for d in kept) == Counter(
         zh=11, de=2, en=1, nl=1, ru=1
     )  # as CC's CLD2 metadata says (MANIFEST)
-    english = cc.ccnet.language_step(["en"], 0.5)
+    english = language_step(["en"], 0.5)
     ctx = Context("test")
     assert len(list(english(docs, ctx))) == 1
     assert ctx.stats["read"].dropped["language"] == 15

@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from pasture.data import streams
-from pasture.data.document import Context, Document, Step, map_step
-from pasture.data.inputs import within
+from .. import streams
+from ..document import Context, Document, Step, map_step
+from ..inputs import within
 
 NAME = "arxiv"
 

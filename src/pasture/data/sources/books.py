@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pasture.data.document import Context, Document, FunctionStep, Step, filter_step
+from ..document import Context, Document, FunctionStep, Step, filter_step
 
 NAME = "books"
 

@@ -26,7 +26,7 @@ The steps are C4's heuristics, in the order of the TFDS implementation (``c4.py`
    (``resources/ldnoobw_en.txt``).
 4. ``language``: English. C4 kept langdetect's ``en`` at probability ≥ 0.99; that threshold
    means nothing for another identifier, so each has its own, calibrated on real C4 pages
-   (``CALIBRATED_MIN_SCORE``). py3langid (the default, shared with ``pasture.data.ccnet``)
+   (``CALIBRATED_MIN_SCORE``). py3langid (the default, shared with ``pasture.data.ccnet.language``)
    spreads the scores of real C4 English pages down to 0.10: of the 1,027 sample pages that
    reach the stage, ≥ 0.99 keeps 971 (94.5%), ≥ 0.5 1,015, and its label alone 1,022
    (99.5%), so its rule is the label ``en`` at any score (langdetect ≥ 0.99 keeps all 1,027;
@@ -49,8 +49,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from pasture.data import ccnet, streams
-from pasture.data.document import (
+from ...errors import PastureError
+from .. import streams
+from ..ccnet.language import language_step
+from ..document import (
     Context,
     Document,
     FunctionStep,
@@ -59,7 +61,6 @@ from pasture.data.document import (
     map_step,
     spooled,
 )
-from pasture.errors import PastureError
 
 NAME = "c4"
 
@@ -321,7 +322,7 @@ def steps(opts: Options, work_dir: Path) -> list[Step]:
         _clean_step(opts),
         span_dedup_step(opts),
         bad_words_step(load_bad_words(opts.bad_words_file)),
-        ccnet.language_step(opts.languages, min_language_score(opts), opts.fasttext_model),
+        language_step(opts.languages, min_language_score(opts), opts.fasttext_model),
     ]
 
 

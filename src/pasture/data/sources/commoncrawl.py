@@ -44,14 +44,15 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from pasture.data import ccnet, streams
-from pasture.data.document import Context, Document, Step, run_steps
-from pasture.errors import PastureError
+from ...errors import PastureError
+from .. import streams
+from ..ccnet import dedup, language, quality
+from ..document import Context, Document, Step, run_steps
 
 NAME = "commoncrawl"
 
 
-_LINE_DEDUP = {"ccnet": ccnet.line_dedup_step, "keep_first": ccnet.keep_first_dedup_step}
+_LINE_DEDUP = {"ccnet": dedup.line_dedup_step, "keep_first": dedup.keep_first_dedup_step}
 
 
 @dataclass
@@ -313,7 +314,7 @@ def wikipedia_texts(input_root: Path, lang: str, work_dir: Path) -> Iterator[str
     namespace, no redirects, wikitext → text). Dumps named for another language
     (``<lang>wiki…``, Wikimedia's naming) are not read."""
     try:
-        from pasture.data.sources import wikipedia
+        from . import wikipedia
     except ImportError:
         yield from _wikipedia_fallback(Path(input_root) / "wikipedia", lang)
         return
@@ -359,7 +360,7 @@ def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     for lang in opts.languages:
         if opts.lm_training_text:
-            texts = ccnet.read_text_documents(Path(opts.lm_training_text))
+            texts = quality.read_text_documents(Path(opts.lm_training_text))
         elif _per_language(opts.kenlm_model, lang) and opts.perplexity_cutoffs:
             texts = []
         else:
@@ -375,8 +376,8 @@ def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
                     f"{lang}wiki dump, set lm_training_text, or set kenlm_model"
                 )
             lines = [line for text in train for line in text.split("\n") if line.strip()]
-            tokens = ccnet.SentencePieceTokens.train(lines, opts.lm_vocab_size)
-            lm = ccnet.NgramLM.train(map(tokens, lines), tokens.vocab_size, opts.lm_order)
+            tokens = quality.SentencePieceTokens.train(lines, opts.lm_vocab_size)
+            lm = quality.NgramLM.train(map(tokens, lines), tokens.vocab_size, opts.lm_order)
             paths["sp"].write_bytes(tokens.proto)
             lm.save(paths["lm"])
             info.update(order=opts.lm_order, train_documents=len(train), train_lines=len(lines))
@@ -391,13 +392,13 @@ def prepare(opts: Options, input_root: Path, work_dir: Path) -> None:
         paths["info"].write_text(json.dumps(info, indent=1) + "\n")
     if isinstance(opts.reference_classifier, dict):
         try:
-            pos = ccnet.read_text_documents(Path(opts.reference_classifier["positives"]))
-            neg = ccnet.read_text_documents(Path(opts.reference_classifier["negatives"]))
+            pos = quality.read_text_documents(Path(opts.reference_classifier["positives"]))
+            neg = quality.read_text_documents(Path(opts.reference_classifier["negatives"]))
         except KeyError as e:
             raise PastureError(
                 f"reference_classifier needs keys 'positives' and 'negatives' (missing {e})"
             ) from e
-        clf = ccnet.train_reference_classifier(pos, neg)
+        clf = quality.train_reference_classifier(pos, neg)
         clf.save(work_dir / "ccnet_reference_classifier.npz")
 
 
@@ -413,25 +414,25 @@ def _capped(texts: Iterable[str], max_chars: int) -> list[str]:
     return out
 
 
-def _load_model(opts: Options, work_dir: Path, lang: str) -> ccnet.PerplexityModel:
+def _load_model(opts: Options, work_dir: Path, lang: str) -> quality.PerplexityModel:
     kenlm_path = _per_language(opts.kenlm_model, lang)
     if kenlm_path:
         sp_path = _per_language(opts.sentencepiece_model, lang)
-        tokens = ccnet.SentencePieceTokens(sp_path) if sp_path else None
-        return ccnet.PerplexityModel(tokens, ccnet.KenlmScorer(kenlm_path))
+        tokens = quality.SentencePieceTokens(sp_path) if sp_path else None
+        return quality.PerplexityModel(tokens, quality.KenlmScorer(kenlm_path))
     paths = _paths(work_dir, lang)
     if not paths["lm"].is_file():
         raise PastureError(f"{paths['lm']}: no {lang} perplexity LM; run the prepare step first")
     lm = _load_ngram(str(paths["lm"]), paths["lm"].stat().st_mtime_ns)
-    return ccnet.PerplexityModel(ccnet.SentencePieceTokens(paths["sp"]), lm)
+    return quality.PerplexityModel(quality.SentencePieceTokens(paths["sp"]), lm)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_ngram(path: str, mtime_ns: int) -> ccnet.NgramLM:
+def _load_ngram(path: str, mtime_ns: int) -> quality.NgramLM:
     """Loading takes seconds: once per worker process, not once per shard (mtime: a retrained
     model is reloaded)."""
     del mtime_ns
-    return ccnet.NgramLM.load(Path(path))
+    return quality.NgramLM.load(Path(path))
 
 
 def steps(opts: Options, work_dir: Path) -> list[Step]:
@@ -444,10 +445,10 @@ def steps(opts: Options, work_dir: Path) -> list[Step]:
         cutoffs[lang] = json.loads(info_path.read_text())["cutoffs"]
         models[lang] = _load_model(opts, work_dir, lang)
     out = [
-        ccnet.length_step(opts.min_length),
+        dedup.length_step(opts.min_length),
         _LINE_DEDUP[opts.line_dedup](),
-        ccnet.language_step(opts.languages, opts.min_language_score, opts.fasttext_model),
-        ccnet.perplexity_step(models, cutoffs, opts.keep_buckets),
+        language.language_step(opts.languages, opts.min_language_score, opts.fasttext_model),
+        quality.perplexity_step(models, cutoffs, opts.keep_buckets),
     ]
     if opts.reference_classifier:
         path = (
@@ -455,6 +456,6 @@ def steps(opts: Options, work_dir: Path) -> list[Step]:
             if isinstance(opts.reference_classifier, dict)
             else Path(opts.reference_classifier)
         )
-        clf = ccnet.ReferenceClassifier.load(path)
-        out.append(ccnet.reference_step(clf, opts.min_reference_score))
+        clf = quality.ReferenceClassifier.load(path)
+        out.append(quality.reference_step(clf, opts.min_reference_score))
     return out

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pasture.data import streams
-from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, map_step
+from .. import streams
+from ..document import Context, Document, FunctionStep, Step, filter_step, map_step
 
 NAME = "github"
 

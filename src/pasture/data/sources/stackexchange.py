@@ -33,11 +33,11 @@ from typing import BinaryIO
 
 from resiliparse.extract.html2text import extract_plain_text
 
-from pasture.data.document import Context, Document, Step, filter_step
-from pasture.data.inputs import why_not_readable
-from pasture.data.streams import TagTooLarge, capped_xml
-from pasture.errors import PastureError
-from pasture.files import write_text
+from ...errors import PastureError
+from ...files import write_text
+from ..document import Context, Document, Step, filter_step
+from ..inputs import why_not_readable
+from ..streams import TagTooLarge, capped_xml
 
 NAME = "stackexchange"
 

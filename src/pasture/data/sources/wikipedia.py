@@ -51,10 +51,10 @@ from mwparserfromhell.nodes import (
 from mwparserfromhell.parser import ParserError
 from mwparserfromhell.wikicode import Wikicode
 
-from pasture.data.document import Context, Document, FunctionStep, Step, filter_step, map_step
-from pasture.data.inputs import printable, why_not_readable
-from pasture.data.streams import TagTooLarge, capped_xml
-from pasture.files import write_text
+from ...files import write_text
+from ..document import Context, Document, FunctionStep, Step, filter_step, map_step
+from ..inputs import printable, why_not_readable
+from ..streams import TagTooLarge, capped_xml
 
 NAME = "wikipedia"
 
