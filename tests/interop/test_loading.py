@@ -97,3 +97,15 @@ def test_quantized_checkpoints_load_through_the_same_door(tmp_path) -> None:
     assert isinstance(loaded.layers[0].attention.wq, Int8Linear)
     with pytest.raises(PastureError, match="keeps its own dtypes"):
         load_model(tmp_path / "q", dtype=torch.bfloat16)
+
+
+def test_quantize_on_load(tmp_path) -> None:
+    model = _model()
+    interop.save(interop.Checkpoint.from_model(model), tmp_path / "hf", "hf")
+    loaded, _ = load_model(tmp_path / "hf", quantize=QuantConfig("int8"))
+    assert isinstance(loaded.output, Int8Linear)
+    tokens = torch.randint(0, 96, (1, 9))
+    with torch.no_grad():
+        want, got = model(tokens), loaded(tokens)
+    assert not torch.equal(got, want)  # quantized, and close
+    torch.testing.assert_close(got, want, atol=0.02 * want.abs().max().item(), rtol=0)

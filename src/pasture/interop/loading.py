@@ -19,6 +19,8 @@ from torch import nn
 from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..model import Transformer, state_dict_shapes
+from ..model.quant import QuantConfig
+from ..model.quant import quantize as quantize_model
 from . import hf, quantized
 from .weights import read_json
 
@@ -28,23 +30,27 @@ def load_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     tokenizer: str | Path | None = None,
+    quantize: QuantConfig | None = None,
 ) -> tuple[Transformer, Tokenizer | None]:
     """The model at ``path`` in eval mode on ``device`` (in ``dtype``, default: as stored),
-    and its tokenizer (``tokenizer`` replaces an embedded one)."""
+    and its tokenizer (``tokenizer`` replaces an embedded one). ``quantize`` quantizes the
+    linear layers once loaded (weight-only int8/int4, on the device)."""
     from . import load  # the package's format detection
 
     path = Path(path)
     if path.is_file() and path.name in ("params.json", "config.json", quantized.MARKER):
         path = path.parent
     if quantized.detect(path):
-        if dtype is not None:
-            raise PastureError(f"{path}: a quantized checkpoint keeps its own dtypes; drop --dtype")
+        if dtype is not None or quantize is not None:
+            raise PastureError(f"{path}: already quantized; it keeps its own dtypes")
         model, tok = quantized.load_model(path, device)
     elif hf.detect(path) and _safetensors_files(path):
         model, tok = _load_hf(path, torch.device(device), dtype)
     else:
         ckpt = load(path)
         model, tok = ckpt.to_model(device, dtype), ckpt.tokenizer
+    if quantize is not None:
+        quantize_model(model, quantize)
     if tokenizer is not None:
         tok = Tokenizer.from_file(tokenizer)
     if tok is not None and tok.vocab_size != model.args.vocab_size:
