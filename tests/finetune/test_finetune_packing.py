@@ -21,8 +21,15 @@ VOCAB = 97
 
 def _model(seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB)
-    args = ModelArgs(**{**vars(args), "multiple_of": 16, "max_seq_len": 64})
+    args = ModelArgs(
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=VOCAB,
+        multiple_of=16,
+        max_seq_len=64,
+    )
     model = Transformer(args)
     model.init_weights(std=0.1, seed=seed)
     return model
