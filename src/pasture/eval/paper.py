@@ -1,14 +1,18 @@
-"""LLaMA's published scores (Touvron et al. 2023), to print beside an evaluated model's.
+"""LLaMA's published scores (Touvron et al. 2023), and the tables that print them beside an
+evaluated model's (``TABLES``, laid out by ``pasture.eval.run``).
 
-Keyed by task, then by the metric name the task reports, then by model size. Percentages as
-printed in the paper's tables (toxicity scores as printed, 0–1). Only rows the paper prints
-for LLaMA are here, except Table 10 (instruction finetuning), keyed by the model names it
-prints, for comparing a finetuned model with LLaMA-I and its peers. TruthfulQA's Table 14 is a
-GPT-judge generation score, not MC1/MC2, so it is not comparable with what Pasture computes
-and is left out.
+Scores are keyed by task, then by the metric name the task reports, then by model size.
+Percentages as printed in the paper's tables (toxicity scores as printed, 0–1). Only rows the
+paper prints for LLaMA are here, except Table 10 (instruction finetuning), keyed by the model
+names it prints, for comparing a finetuned model with LLaMA-I and its peers. TruthfulQA's
+Table 14 is a GPT-judge generation score, not MC1/MC2, so it is not comparable with what
+Pasture computes and is left out.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 SIZES = ("7B", "13B", "33B", "65B")
 
@@ -120,4 +124,132 @@ INSTRUCTION_FINETUNED = (
     "Flan-PaLM 62B",
     "Flan-PaLM-cont 62B",
     "LLaMA-I 65B",
+)
+
+
+# -- the tables of results.md, in the paper's order -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A task's metric beside LLaMA's number for it.
+
+    ``metric`` None is the task's headline metric; ``"NAME@k"`` is the metric ``NAME@k`` with
+    the largest k above 1 the task reported (the header gets its name). ``paper_by_shots``
+    picks LLaMA's row by the number of shots the task ran with (the header gets it).
+    """
+
+    header: str
+    task: str
+    metric: str | None = None
+    paper: Mapping[str, float] | None = None  # by model size
+    paper_by_shots: Mapping[int, Mapping[str, float]] | None = None
+    percent: bool = True  # False: a 0–1 score, printed as is (toxicity)
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[Column, ...]
+
+
+TABLES = (
+    Table(
+        "Table 3: common sense reasoning, zero-shot",
+        tuple(
+            Column(header, task, paper=COMMON_SENSE[task])
+            for header, task in [
+                ("BoolQ", "boolq"),
+                ("PIQA", "piqa"),
+                ("SIQA", "siqa"),
+                ("HellaSwag", "hellaswag"),
+                ("WinoGrande", "winogrande"),
+                ("ARC-e", "arc_easy"),
+                ("ARC-c", "arc_challenge"),
+                ("OBQA", "openbookqa"),
+            ]
+        ),
+    ),
+    Table(
+        "Tables 4–5: closed-book question answering, exact match",
+        (
+            Column("NaturalQuestions", "naturalquestions", paper_by_shots=NATURAL_QUESTIONS),
+            Column("TriviaQA", "triviaqa", paper_by_shots=TRIVIAQA),
+        ),
+    ),
+    Table(
+        "Table 6: reading comprehension, zero-shot (per character; Brown et al. "
+        'conditioned RACE on "Answer:")',
+        (
+            Column("RACE-middle", "race_middle", paper=RACE["race_middle"]),
+            Column("RACE-high", "race_high", paper=RACE["race_high"]),
+            Column('RACE-middle, "Answer:"', "race_middle", "acc_answer"),
+            Column('RACE-high, "Answer:"', "race_high", "acc_answer"),
+        ),
+    ),
+    Table(
+        "Table 7: quantitative reasoning (paper's k: 256 MATH, 100 GSM8K)",
+        (
+            Column("MATH", "math", "maj1@1", MATH["math"]["maj1@1"]),
+            Column("MATH", "math", "maj1@k", MATH["math"]["maj1@k"]),
+            Column("GSM8k", "gsm8k", "maj1@1", MATH["gsm8k"]["maj1@1"]),
+            Column("GSM8k", "gsm8k", "maj1@k", MATH["gsm8k"]["maj1@k"]),
+        ),
+    ),
+    Table(
+        "Table 8: code generation (paper's k: 100 HumanEval, 80 MBPP)",
+        (
+            Column("HumanEval pass@1", "humaneval", "pass@1", CODE["humaneval"]["pass@1"]),
+            Column("HumanEval", "humaneval", "pass@k", CODE["humaneval"]["pass@k"]),
+            Column("MBPP pass@1", "mbpp", "pass@1", CODE["mbpp"]["pass@1"]),
+            Column("MBPP", "mbpp", "pass@k", CODE["mbpp"]["pass@k"]),
+        ),
+    ),
+    Table(
+        "Table 9: MMLU, five-shot",
+        tuple(
+            Column(header, "mmlu", metric, MMLU[metric])
+            for header, metric in [
+                ("Humanities", "humanities"),
+                ("STEM", "stem"),
+                ("Social Sciences", "social_sciences"),
+                ("Other", "other"),
+                ("Average", "average"),
+            ]
+        ),
+    ),
+    Table(
+        "Table 11: RealToxicityPrompts, mean toxicity",
+        (
+            Column("Basic", "realtoxicityprompts", "basic", TOXICITY["basic"], percent=False),
+            Column(
+                "Respectful",
+                "realtoxicityprompts",
+                "respectful",
+                TOXICITY["respectful"],
+                percent=False,
+            ),
+        ),
+    ),
+    Table(
+        "Table 12: CrowS-Pairs, % preferring the stereotype (paper: 65B only)",
+        tuple(
+            Column(bias.replace("-", " ").capitalize(), "crows_pairs", bias, {"65B": score})
+            for bias, score in CROWS_PAIRS_65B.items()
+        ),
+    ),
+    Table(
+        "Table 13: WinoGender, co-reference accuracy",
+        tuple(
+            Column(header, "winogender", metric, WINOGENDER[metric])
+            for header, metric in [
+                ("All", "all"),
+                ("her/her/she", "female"),
+                ("his/him/he", "male"),
+                ("their/them/someone", "neutral"),
+                ("her/her/she (gotcha)", "female_gotcha"),
+                ("his/him/he (gotcha)", "male_gotcha"),
+            ]
+        ),
+    ),
 )

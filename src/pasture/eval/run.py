@@ -15,13 +15,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import PastureError
 from ..files import write_text
 from . import paper
 from .lm import LanguageModel
+from .paper import Column
 from .task import EvalSettings, Task, TaskResult, TaskUnavailable
 from .tasks import PAPER, TASKS
 
@@ -139,170 +140,33 @@ def write_summary(out: Path, outcome: Outcome) -> None:
 # -- the paper's tables -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Column:
-    header: str
-    task: str
-    metric: str | None  # None: the task's headline metric
-    paper: dict[str, float] | None
-    percent: bool = True
-
-
 def _tables(results: dict[str, TaskResult]) -> list[tuple[str, list[Column]]]:
-    def shots(task: str) -> int | None:
-        return results[task].shots if task in results else None
-
-    def sampled(task: str, prefix: str) -> str | None:
-        """The metric named ``prefix@k`` with the largest k the task reported, if any."""
-        if task not in results:
-            return None
-        keys = [k for k in results[task].metrics if k.startswith(prefix + "@") and k[-1].isdigit()]
-        keys = [k for k in keys if k != f"{prefix}@1"]
-        return max(keys, key=lambda k: int(k.split("@")[1]), default=None)
-
-    nq, tq = shots("naturalquestions"), shots("triviaqa")
+    """``paper.TABLES`` as this run fills them, then a table of the tasks they do not show."""
     tables = [
-        (
-            "Table 3: common sense reasoning, zero-shot",
-            [
-                Column(h, t, None, paper.COMMON_SENSE[t])
-                for h, t in [
-                    ("BoolQ", "boolq"),
-                    ("PIQA", "piqa"),
-                    ("SIQA", "siqa"),
-                    ("HellaSwag", "hellaswag"),
-                    ("WinoGrande", "winogrande"),
-                    ("ARC-e", "arc_easy"),
-                    ("ARC-c", "arc_challenge"),
-                    ("OBQA", "openbookqa"),
-                ]
-            ],
-        ),
-        (
-            "Tables 4–5: closed-book question answering, exact match",
-            [
-                Column(
-                    f"NaturalQuestions {nq}-shot" if nq is not None else "NaturalQuestions",
-                    "naturalquestions",
-                    None,
-                    paper.NATURAL_QUESTIONS.get(nq),
-                ),
-                Column(
-                    f"TriviaQA {tq}-shot" if tq is not None else "TriviaQA",
-                    "triviaqa",
-                    None,
-                    paper.TRIVIAQA.get(tq),
-                ),
-            ],
-        ),
-        (
-            "Table 6: reading comprehension, zero-shot (per character; Brown et al. "
-            'conditioned RACE on "Answer:")',
-            [
-                Column("RACE-middle", "race_middle", None, paper.RACE["race_middle"]),
-                Column("RACE-high", "race_high", None, paper.RACE["race_high"]),
-                Column('RACE-middle, "Answer:"', "race_middle", "acc_answer", None),
-                Column('RACE-high, "Answer:"', "race_high", "acc_answer", None),
-            ],
-        ),
-        (
-            "Table 7: quantitative reasoning (paper's k: 256 MATH, 100 GSM8K)",
-            [
-                Column("MATH", "math", "maj1@1", paper.MATH["math"]["maj1@1"]),
-                Column(
-                    f"MATH {sampled('math', 'maj1')}",
-                    "math",
-                    sampled("math", "maj1"),
-                    paper.MATH["math"]["maj1@k"],
-                ),
-                Column("GSM8k", "gsm8k", "maj1@1", paper.MATH["gsm8k"]["maj1@1"]),
-                Column(
-                    f"GSM8k {sampled('gsm8k', 'maj1')}",
-                    "gsm8k",
-                    sampled("gsm8k", "maj1"),
-                    paper.MATH["gsm8k"]["maj1@k"],
-                ),
-            ],
-        ),
-        (
-            "Table 8: code generation (paper's k: 100 HumanEval, 80 MBPP)",
-            [
-                Column(
-                    "HumanEval pass@1", "humaneval", "pass@1", paper.CODE["humaneval"]["pass@1"]
-                ),
-                Column(
-                    f"HumanEval {sampled('humaneval', 'pass')}",
-                    "humaneval",
-                    sampled("humaneval", "pass"),
-                    paper.CODE["humaneval"]["pass@k"],
-                ),
-                Column("MBPP pass@1", "mbpp", "pass@1", paper.CODE["mbpp"]["pass@1"]),
-                Column(
-                    f"MBPP {sampled('mbpp', 'pass')}",
-                    "mbpp",
-                    sampled("mbpp", "pass"),
-                    paper.CODE["mbpp"]["pass@k"],
-                ),
-            ],
-        ),
-        (
-            "Table 9: MMLU, five-shot",
-            [
-                Column(h, "mmlu", m, paper.MMLU[m])
-                for h, m in [
-                    ("Humanities", "humanities"),
-                    ("STEM", "stem"),
-                    ("Social Sciences", "social_sciences"),
-                    ("Other", "other"),
-                    ("Average", "average"),
-                ]
-            ],
-        ),
-        (
-            "Table 11: RealToxicityPrompts, mean toxicity",
-            [
-                Column("Basic", "realtoxicityprompts", "basic", paper.TOXICITY["basic"], False),
-                Column(
-                    "Respectful",
-                    "realtoxicityprompts",
-                    "respectful",
-                    paper.TOXICITY["respectful"],
-                    False,
-                ),
-            ],
-        ),
-        (
-            "Table 12: CrowS-Pairs, % preferring the stereotype (paper: 65B only)",
-            [
-                Column(k.replace("-", " ").capitalize(), "crows_pairs", k, {"65B": v})
-                for k, v in paper.CROWS_PAIRS_65B.items()
-            ],
-        ),
-        (
-            "Table 13: WinoGender, co-reference accuracy",
-            [
-                Column(h, "winogender", m, paper.WINOGENDER[m])
-                for h, m in [
-                    ("All", "all"),
-                    ("her/her/she", "female"),
-                    ("his/him/he", "male"),
-                    ("their/them/someone", "neutral"),
-                    ("her/her/she (gotcha)", "female_gotcha"),
-                    ("his/him/he (gotcha)", "male_gotcha"),
-                ]
-            ],
-        ),
+        (table.title, [_filled(column, results.get(column.task)) for column in table.columns])
+        for table in paper.TABLES
     ]
     covered = {c.task for _, columns in tables for c in columns}
     others = [t for t in results if t not in covered]
     if others:
-        tables.append(
-            (
-                "Other tasks (no comparable LLaMA number in the paper)",
-                [Column(t, t, None, None) for t in others],
-            )
-        )
+        title = "Other tasks (no comparable LLaMA number in the paper)"
+        tables.append((title, [Column(t, t) for t in others]))
     return tables
+
+
+def _filled(column: Column, result: TaskResult | None) -> Column:
+    """The column for this run: LLaMA's row for the shots the task ran with, and ``NAME@k``
+    as the largest k above 1 the task reported (none: the cell stays empty)."""
+    if column.paper_by_shots is not None and result is not None:
+        header = f"{column.header} {result.shots}-shot"
+        return replace(column, header=header, paper=column.paper_by_shots.get(result.shots))
+    if column.metric is not None and column.metric.endswith("@k"):
+        prefix = column.metric.removesuffix("k")
+        ks = [m[len(prefix) :] for m in (result.metrics if result else ()) if m.startswith(prefix)]
+        largest = max((int(k) for k in ks if k.isdigit() and int(k) > 1), default=None)
+        metric = column.metric if largest is None else f"{prefix}{largest}"
+        return replace(column, header=f"{column.header} {metric}", metric=metric)
+    return column
 
 
 def _cell(result: TaskResult | None, column: Column) -> str:
