@@ -128,7 +128,7 @@ def test_wrapped_model_still_decodes_with_a_kv_cache() -> None:
     for m in (plain, model):
         m.setup_cache(batch_size=1, max_seq_len=16)
         with torch.no_grad():
-            first = m(prompt, last_only=True)
+            first = m.logits(m.hidden(prompt)[:, -1])
             step = m(prompt[:, -1:], start_pos=prompt.shape[1])
         m.clear_cache()
         outputs.append((first, step))

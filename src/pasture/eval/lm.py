@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..generate import StreamDecoder, generate_tokens
 from ..generate.sampling import sample
-from ..model import Transformer
+from ..model import KVCache, Transformer
 
 
 @dataclass(frozen=True)
@@ -198,17 +198,18 @@ class PastureLM:
             for row in sorted(rows, key=len, reverse=True):
                 # A row's shape and attention path depend on the row (and its prefix) alone.
                 by_length.setdefault((padded(len(row) - P), row.prefix_only), []).append(row)
+            caches: list[KVCache] = []
             if P:
                 longest = max(padded(len(r) - P) for r in rows)
-                self.model.setup_cache(1, min(P + longest, self.model.args.max_seq_len))
+                caches = self.model.setup_cache(1, min(P + longest, self.model.args.max_seq_len))
                 prefix_tokens = torch.tensor([prefix], device=self.device)
                 with torch.inference_mode():
-                    self.model(prefix_tokens, last_only=True)  # fills the cache
+                    self.model.hidden(prefix_tokens)  # fills the caches
             try:
                 for same_length in by_length.values():
                     for start in range(0, len(same_length), self.batch_size):
                         batch = same_length[start : start + self.batch_size]
-                        for index, value in self._score_rows(batch, P):
+                        for index, value in self._score_rows(batch, P, caches):
                             scored[index] = value
                         bar.update(sum(len(r.continuations) for r in batch))
             finally:
@@ -265,10 +266,11 @@ class PastureLM:
 
     @torch.inference_mode()
     def _score_rows(
-        self, rows: list[_Row], prefix: int = 0
+        self, rows: list[_Row], prefix: int = 0, caches: Sequence[KVCache] = ()
     ) -> list[tuple[int, tuple[float, bool]]]:
         """Score packed rows; with ``prefix`` > 0 their first ``prefix`` tokens (the same in
-        every row) are already in the model's KV cache, and only the rest is computed."""
+        every row) are already in the model's KV ``caches`` (one row), and only the rest is
+        computed."""
         B, P = len(rows), prefix
         T = min(P + padded(max(len(r) for r in rows) - P), self.model.args.max_seq_len)
         tokens = torch.zeros((B, T), dtype=torch.long)
@@ -294,30 +296,30 @@ class PastureLM:
             wanted.append(want)
             targets.append([t for _, cont in row.continuations for t in cont])
         K = padded(max(len(w) for w in wanted))
-        logits_at = torch.zeros((B, K), dtype=torch.long)
+        picked = torch.zeros((B, K), dtype=torch.long)
         target = torch.zeros((B, K), dtype=torch.long)
         for b in range(B):
-            logits_at[b, : len(wanted[b])] = torch.tensor(wanted[b]) - P
+            picked[b, : len(wanted[b])] = torch.tensor(wanted[b]) - P
             target[b, : len(targets[b])] = torch.tensor(targets[b])
-        if P:
-            self.model.fork_cache(B)  # every row continues from the shared prefix
+        for cache in caches:
+            cache.fork(B)  # every row continues from the shared prefix
         if all(row.prefix_only for row in rows):
             # Contexts only: plain causal attention (pads come last, no real token sees them).
-            logits = self.model(
-                tokens[:, P:].to(self.device), start_pos=P, logits_at=logits_at.to(self.device)
-            )
+            h = self.model.hidden(tokens[:, P:].to(self.device), start_pos=P)
         else:
             causal = torch.ones((T, T), dtype=torch.bool).tril()
             same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
             sees_context = (segment[:, None, :] == 0) & (segment[:, :, None] >= 0)
             mask = causal & (same | sees_context)  # a pad query sees only pads; never empty
-            logits = self.model(
+            h = self.model.hidden(
                 tokens[:, P:].to(self.device),
                 start_pos=P,
                 positions=positions[:, P:].to(self.device),
                 mask=mask[:, P:].to(self.device),  # (B, T - P, T): the prefix's keys too
-                logits_at=logits_at.to(self.device),
-            )  # (B, K, vocab)
+            )  # (B, T - P, dim)
+        # The vocabulary projection only where a logit is needed: (B, K, vocab).
+        at = picked.to(self.device)[:, :, None].expand(-1, -1, h.shape[-1])
+        logits = self.model.logits(torch.gather(h, 1, at))
         logprobs = torch.log_softmax(logits, dim=-1).cpu()
         target_lp = logprobs.gather(-1, target[:, :, None])[:, :, 0]  # (B, K)
         greedy = logprobs.argmax(-1) == target  # (B, K)

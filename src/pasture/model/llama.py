@@ -6,7 +6,13 @@ Pre-norm RMSNorm, SwiGLU feed-forward, rotary embeddings, no biases, causal atte
 
     >>> from pasture.model import ModelArgs, Transformer
     >>> model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=512))
-    >>> logits = model(torch.tensor([[1, 5, 9]]))  # (1, 3, 512)
+    >>> logits = model(torch.tensor([[1, 5, 9]]))  # (1, 3, 512), every position
+    >>> h = model.hidden(torch.tensor([[1, 5, 9]]))  # (1, 3, 64), before the final norm
+    >>> last = model.logits(h[:, -1])  # (1, 512): the vocabulary projection where it is needed
+
+The contract is ``forward(tokens, start_pos=0, *, positions=None, mask=None)`` (see
+``Transformer.hidden``). Decoding installs a cache in each attention layer (``setup_cache``);
+the layer hands its queries, keys and values to the cache's ``attend``.
 """
 
 from __future__ import annotations
@@ -174,7 +180,13 @@ def apply_rotary(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache(nn.Module):
-    """Keys and values of the positions decoded so far, (B, n_kv_heads, max_seq_len, head_dim)."""
+    """Keys and values of the positions run so far, (B, n_kv_heads, max_seq_len, head_dim).
+
+    The attention layer it is installed in (``Transformer.setup_cache``) delegates to
+    ``attend``: every row is at the same positions, a call at ``start_pos`` stores its keys
+    there and attends causally over everything stored up to it. Other caches (generate's
+    decode cache, the per-row ``StaticCache``) subclass it and override ``attend``.
+    """
 
     def __init__(
         self,
@@ -201,58 +213,74 @@ class KVCache(nn.Module):
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        start_pos: int = 0,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Store k, v (B, Hkv, T, D) at ``start_pos`` and attend q (B, H, T, D) over every
+        stored key: query i sees keys up to start_pos + i, or where ``mask`` (B, 1, T,
+        start_pos + T) is True. ``positions`` (rotary only) play no part here."""
+        k, v = self.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
+        T = q.shape[2]
+        if mask is None and start_pos:
+            mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=q.device).tril(start_pos)
+        return attention(q, k, v, mask)
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of one query per head over all keys: q (B, H, 1, D), k/v (B, Hkv, L, D)."""
-    B, H, _, D = q.shape
-    n_kv = k.shape[1]
-    q = q.view(B, n_kv, H // n_kv, D)  # (B, Hkv, group, D): query heads sharing a KV head
-    scores = torch.matmul(q, k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, group, L)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v).view(B, H, 1, D)  # (B, H, 1, D)
+    def fork(self, batch_size: int) -> None:
+        """Every row of a new batch of ``batch_size`` rows starts from row 0 (a shared prefix)."""
+        self.k = self.k[:1].expand(batch_size, -1, -1, -1).clone()
+        self.v = self.v[:1].expand(batch_size, -1, -1, -1).clone()
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax attention of q (B, H, T, D) over k, v (B, Hkv, S, D), H a multiple of Hkv
+    (grouped-query): causal when ``mask`` is None (S == T), else True where a query sees a key."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        # Flash / memory-efficient kernels, no materialized mask.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
+        self.head_dim = args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, self.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, self.n_kv_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.cache: KVCache | None = None
+        self.cache: KVCache | None = None  # set by Transformer.setup_cache (or a StaticCache)
 
     def forward(
         self,
         x: torch.Tensor,
         freqs_cis: torch.Tensor,
+        *,
         start_pos: int = 0,
+        positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        # -1 heads: all of them, or this rank's slice under tensor parallelism.
+        q = self.wq(x).view(B, T, -1, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(B, T, -1, self.head_dim)  # (B, T, Hkv, D)
+        v = self.wv(x).view(B, T, -1, self.head_dim)  # (B, T, Hkv, D)
         q, k = apply_rotary(q, freqs_cis), apply_rotary(k, freqs_cis)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H*, T, D)
-        if self.cache is not None:
-            k, v = self.cache.update(start_pos, k, v)  # (B, Hkv, start_pos + T, D)
-        gqa = self.n_kv_heads != self.n_heads
-        if mask is not None:
-            # Packed sequences: the caller says which keys each query sees, (B, 1, T, T).
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        elif k.shape[2] == T:
-            # Fresh causal block: flash / memory-efficient kernels, no materialized mask.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif T == 1:
-            # One new token attends to every cached position: two small matmuls. (SDPA's CPU
-            # flash kernel tiles for long queries and is ~10x slower at a query length of 1.)
-            out = decode_attention(q, k, v)
+        if self.cache is None:
+            out = attention(q, k, v, mask)  # (B, H, T, D)
         else:
-            # A chunk after a cached prefix: query i sees keys up to start_pos + i.
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(start_pos)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+            out = self.cache.attend(q, k, v, start_pos=start_pos, positions=positions, mask=mask)
+        out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
         return self.wo(out)
 
 
@@ -279,10 +307,14 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         freqs_cis: torch.Tensor,
+        *,
         start_pos: int = 0,
+        positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), freqs_cis, start_pos, mask)
+        h = x + self.attention(
+            self.attention_norm(x), freqs_cis, start_pos=start_pos, positions=positions, mask=mask
+        )
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -304,53 +336,74 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         start_pos: int = 0,
-        last_only: bool = False,
         *,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for ``tokens`` (B, T) at positions start_pos..start_pos+T-1.
+        """Logits (B, T, vocab), float32, for every position of ``tokens`` (B, T):
+        ``logits(hidden(...))``. Callers that need a few positions only (decoding, scoring)
+        call ``hidden``, pick the positions, and run ``logits`` on them."""
+        return self.logits(self.hidden(tokens, start_pos, positions=positions, mask=mask))
 
-        With a KV cache set up (``setup_cache``) earlier positions come from the cache.
-        ``last_only`` computes logits for the final position only, (B, 1, vocab).
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        *,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The last block's output (B, T, dim), before the final norm, for ``tokens`` (B, T).
 
-        Packed sequences (several continuations sharing one context, as evaluation scores
-        them) give each token's ``positions`` (B, T) and the attention ``mask`` (B, T, T),
-        True where query t may see key s; after ``start_pos`` cached positions the mask is
-        (B, T, start_pos + T). ``logits_at`` (B, K) picks the K positions whose logits are
-        computed, (B, K, vocab), so the vocabulary projection runs only there.
+        Tokens sit at positions start_pos..start_pos+T-1, or at their own ``positions`` (B, T)
+        (rotary angles; packed sequences, per-row caches). Attention is causal unless ``mask``
+        (B, T, start_pos + T) says which keys each query sees (True: sees). With caches
+        installed (``setup_cache``, or ``generate.StaticCache``) earlier keys come from them:
+        each attention layer hands its queries, keys and values to its cache's ``attend``.
+
+        Under tensor parallelism (``parallel.parallelize``) this is the rank's sequence shard;
+        ``forward`` gathers the logits.
         """
         T = tokens.shape[1]
-        if positions is not None:
-            if mask is None or mask.shape[-1] != start_pos + T:
-                raise ValueError(f"positions need a mask over {start_pos + T} keys")
-            if int(positions.max()) >= self.args.max_seq_len:
-                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len")
-            rotary = self.rotary(tokens.device, int(positions.max()) + 1)
-            freqs_cis = rotary[positions]  # (B, T, head_dim / 2, 2)
-            mask = mask[:, None]  # (B, 1, T, T): the same for every head
-        else:
+        if mask is not None and mask.shape[-1] != start_pos + T:
+            raise ValueError(f"the mask must cover {start_pos + T} keys, got {mask.shape[-1]}")
+        if positions is None:
             if start_pos + T > self.args.max_seq_len:
                 raise ValueError(
                     f"positions up to {start_pos + T} exceed max_seq_len {self.args.max_seq_len}"
                 )
             freqs_cis = self.rotary(tokens.device, start_pos + T)[start_pos : start_pos + T]
+        elif torch.compiler.is_compiling():
+            # No host sync in a compiled step: the table was built eagerly for the positions
+            # it can reach (a StaticCache builds it for its length).
+            freqs_cis = self.freqs_cis[positions]  # (B, T, head_dim / 2, 2)
+        else:
+            top = int(positions.max())
+            if top >= self.args.max_seq_len or int(positions.min()) < 0:
+                raise ValueError(f"positions must be in 0..{self.args.max_seq_len - 1}")
+            freqs_cis = self.rotary(tokens.device, top + 1)[positions]  # (B, T, head_dim / 2, 2)
+        if mask is not None:
+            mask = mask[:, None]  # (B, 1, T, S): the same for every head
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, freqs_cis, start_pos, mask)
-        if last_only:
-            h = h[:, -1:]
-        elif logits_at is not None:
-            h = torch.gather(h, 1, logits_at[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, K, dim)
+            h = layer(h, freqs_cis, start_pos=start_pos, positions=positions, mask=mask)
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm and vocabulary projection of hidden states (..., dim): float (..., vocab)."""
         return self.output(self.norm(h)).float()
 
-    def setup_cache(self, batch_size: int, max_seq_len: int | None = None) -> None:
-        """Give every attention layer a KV cache for decoding."""
+    def setup_cache(
+        self, batch_size: int, max_seq_len: int | None = None, kind: type[KVCache] = KVCache
+    ) -> list[KVCache]:
+        """Give every attention layer a fresh cache of ``kind`` in the model's dtype and device,
+        for ``max_seq_len`` positions (at most the model's); returns them, first layer first.
+        ``kind`` is ``KVCache`` or a subclass (generate's decode cache, StaticCache's rows)."""
         max_seq_len = min(max_seq_len or self.args.max_seq_len, self.args.max_seq_len)
         weight = self.tok_embeddings.weight
+        caches = []
         for layer in self.layers:
-            layer.attention.cache = KVCache(
+            cache = kind(
                 batch_size,
                 max_seq_len,
                 self.args.kv_heads,
@@ -358,17 +411,12 @@ class Transformer(nn.Module):
                 weight.dtype,
                 weight.device,
             )
-
-    def fork_cache(self, batch_size: int) -> None:
-        """Every row of a new batch starts from row 0 of the current cache (a shared prefix)."""
-        for layer in self.layers:
-            cache = layer.attention.cache
-            if cache is None:
-                raise ValueError("no KV cache to fork (setup_cache first)")
-            cache.k = cache.k[:1].expand(batch_size, -1, -1, -1).clone()
-            cache.v = cache.v[:1].expand(batch_size, -1, -1, -1).clone()
+            layer.attention.cache = cache
+            caches.append(cache)
+        return caches
 
     def clear_cache(self) -> None:
+        """Remove every attention layer's cache (back to plain causal attention)."""
         for layer in self.layers:
             layer.attention.cache = None
 
@@ -446,6 +494,7 @@ __all__ = [
     "RMSNorm",
     "KVCache",
     "Attention",
+    "attention",
     "FeedForward",
     "TransformerBlock",
     "Transformer",

@@ -19,6 +19,7 @@ a "tp" group and its length a multiple of ``tp``. Data batches differ across "dp
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -150,12 +151,12 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
             tp_mesh,
             {
                 "attention_norm": SequenceParallel(),
-                # Attention(x, freqs_cis, start_pos): all-gather x; the rotary table (indexed
-                # by the replicated tokens' full length T) and start_pos pass through.
-                # (x, freqs_cis, start_pos, mask): only x is a sequence-sharded activation.
+                # Attention(x, freqs_cis, *, start_pos, positions, mask): all-gather x; the
+                # rotary table (indexed by the replicated tokens' full length T) and the
+                # keyword arguments pass through.
                 "attention": PrepareModuleInput(
-                    input_layouts=(Shard(1), None, None, None),
-                    desired_input_layouts=(Replicate(), None, None, None),
+                    input_layouts=(Shard(1), None),
+                    desired_input_layouts=(Replicate(), None),
                 ),
                 "attention.wq": ColwiseParallel(),
                 "attention.wk": ColwiseParallel(),
@@ -170,14 +171,9 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
                 "feed_forward.w3": ColwiseParallel(),
             },
         )
-        # Attention.forward reshapes the local wq/wk/wv outputs with
-        # ``.view(B, T, self.n_heads, self.head_dim)``; after column sharding each rank holds
-        # n_heads / tp query heads and n_kv_heads / tp KV heads (contiguous, so each local query
-        # head still meets its own KV head), so the counts become the local ones. torchtitan
-        # made the same adjustment before its model switched to ``view(B, T, -1, head_dim)``.
-        attention = block.attention
-        attention.n_heads //= tp
-        attention.n_kv_heads //= tp
+        # Attention.forward views the local wq/wk/wv outputs as (B, T, -1, head_dim): each
+        # rank holds n_heads / tp query heads and n_kv_heads / tp KV heads (contiguous, so each
+        # local query head still meets its own KV head), and nothing in the model is rewritten.
 
     model.register_forward_pre_hook(_check_sequence_parallel_input(tp), with_kwargs=True)
 
@@ -186,16 +182,11 @@ def _check_sequence_parallel_input(tp: int):
     """A pre-forward hook that rejects inputs sequence parallelism would silently get wrong."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        tokens = args[0] if args else kwargs["tokens"]
+        tokens = inspect.signature(module.forward).bind(*args, **kwargs).arguments["tokens"]
         if tokens.shape[1] % tp:
             raise PastureError(
                 f"sequence length {tokens.shape[1]} is not a multiple of parallel.tp = {tp}: "
                 "sequence parallelism splits it evenly across the tp ranks"
-            )
-        if kwargs.get("last_only") or (len(args) > 2 and args[2]):
-            raise PastureError(
-                "last_only=True is unsupported under tensor parallelism (the residual stream is "
-                "sequence-sharded): decode with a single-device model"
             )
 
     return hook
