@@ -3,21 +3,27 @@
 >>> import pasture
 >>> model, tokenizer = pasture.load_model("stories260K.bin", tokenizer="tok512.model")
 >>> print(pasture.generate(model, tokenizer, "Once upon a time", max_new_tokens=40))
+
+``import pasture`` (or ``pasture.model``) loads the model and generation only: the checkpoint
+formats and the tokenizer load when first used (tests/test_imports.py pins this). Generation
+loads eagerly because its function shares its name with the ``pasture.generate`` package:
+the first import of that package would otherwise replace ``pasture.generate`` with it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .data.tokenizer import Tokenizer
 from .errors import PastureError
 from .generate import generate, generate_tokens
-from .interop import Checkpoint
-from .interop import load as load_checkpoint
-from .interop import save as save_checkpoint
 from .model import ModelArgs, Transformer, preset
+
+if TYPE_CHECKING:
+    from .data.tokenizer import Tokenizer
+    from .interop import Checkpoint
 
 __version__ = "0.1.0"
 
@@ -29,8 +35,27 @@ def load_model(
     dtype: torch.dtype | None = None,
 ) -> tuple[Transformer, Tokenizer | None]:
     """A ready-to-run model (eval mode) and its tokenizer from a checkpoint in any format."""
-    ckpt = load_checkpoint(path, tokenizer=tokenizer)
+    from .interop import load
+
+    ckpt = load(path, tokenizer=tokenizer)
     return ckpt.to_model(device=device, dtype=dtype), ckpt.tokenizer
+
+
+def __getattr__(name: str) -> object:
+    """The checkpoint formats' names and the tokenizer, imported on first use."""
+    if name == "Tokenizer":
+        from .data.tokenizer import Tokenizer
+
+        return Tokenizer
+    if name in ("Checkpoint", "load_checkpoint", "save_checkpoint"):
+        from . import interop
+
+        return {
+            "Checkpoint": interop.Checkpoint,
+            "load_checkpoint": interop.load,
+            "save_checkpoint": interop.save,
+        }[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
