@@ -55,7 +55,7 @@ FULL_DATA: dict[str, tuple[str, ...]] = {
         "test_truncated_checkpoints",
         "test_tokenizer_vocab_mismatch",
     ),
-    "tests/test_gguf.py": (
+    "tests/interop/test_gguf.py": (
         "test_fixture_config_and_tensors",
         "test_embedded_tokenizer_equals_llamas_sentencepiece_model",
         "test_logits_match_transformers_gguf_converter",
@@ -63,7 +63,7 @@ FULL_DATA: dict[str, tuple[str, ...]] = {
         "test_truncated_file_is_an_error_naming_it",
         "test_tokenizer_size_must_match_the_model",
     ),
-    "tests/test_tokenizer.py": (
+    "tests/data/test_tokenizer.py": (
         "test_meta_reference_encodings",
         "test_llama2c_export_is_byte_exact[llama-tokenizer*",
         "test_from_vocab_round_trips_through_bytes_and_save",

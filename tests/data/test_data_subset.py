@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SUBSET = ASSETS / "data"
 ROW = re.compile(
     r"^\| `([^`]+)` \| (\d+) \| ([0-9a-f]{64}) \| (copy|first \d+) \| ([^|]+) \| ([^|]+) \|$"
@@ -90,7 +90,7 @@ def _pytest(root: Path, data: str | None) -> subprocess.CompletedProcess:
 def test_conftest_skips_on_the_subset_and_fails_skips_with_the_full_set(tmp_path: Path) -> None:
     root = tmp_path / "clone"  # no ../shared/data beside it
     (root / "tests" / "assets" / "data").mkdir(parents=True)
-    shutil.copy(Path(__file__).with_name("conftest.py"), root / "tests")
+    shutil.copy(Path(__file__).resolve().parents[1] / "conftest.py", root / "tests")
     (root / "tests" / "test_mini.py").write_text(MINI_TESTS)
 
     bare = _pytest(root, None)

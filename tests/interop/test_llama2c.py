@@ -17,9 +17,7 @@ from pasture.interop.weights import Checkpoint
 from pasture.model import ModelArgs, Transformer
 from pasture.model.llama import rotary_frequencies
 
-DATA = Path(
-    os.environ.get("PASTURE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
+DATA = Path(os.environ.get("PASTURE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 STORIES = DATA / "models" / "stories260K" / "stories260K.bin"
 TOK512 = DATA / "models" / "stories260K" / "tok512.model"
 GGUF_FIXTURE = DATA / "models" / "llama-2-tiny-random-gguf" / "llama-2-tiny-random.gguf"

@@ -18,9 +18,7 @@ from pasture.interop import llama2c
 from pasture.interop.weights import Checkpoint
 from pasture.model import ModelArgs, Transformer
 
-DATA = Path(
-    os.environ.get("PASTURE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
+DATA = Path(os.environ.get("PASTURE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 FIXTURE = DATA / "models" / "llama-2-tiny-random-gguf" / "llama-2-tiny-random.gguf"
 LLAMA_SPM = DATA / "models" / "llama-tokenizer" / "tokenizer.model"
 STORIES = DATA / "models" / "stories260K" / "stories260K.bin"
