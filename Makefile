@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install Pasture, run the main job (no download needed)
 #   make test   create .venv, install Pasture with test extras, run every test
+# and, for the edit loop, make test-fast: lint and the tests not marked slow (under a minute)
 PYTHON ?= python3.11
 VENV ?= .venv
 # A torch build pip can find. Override for GPU machines, e.g. TORCH=torch (any release >= 2.5).
@@ -14,7 +15,7 @@ endif
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,11 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -7,6 +7,10 @@ A bare clone has neither: the tests then run on tests/assets/data, a small redis
 subset of the full set (see its MANIFEST.md), and the tests that need more than the subset
 (`@pytest.mark.full_data`, or listed in FULL_DATA below) are skipped, reported as one line
 that says what to set.
+
+Tests that take more than a few seconds are marked ``@pytest.mark.slow``: `make test-fast` (ruff
+and ``pytest -m "not slow"``, under a minute) leaves them out for the edit loop; `make test`
+runs everything. docs/testing.md has the layout and the tiers.
 """
 
 from __future__ import annotations
@@ -196,6 +200,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(BAD_DATA)
     config.addinivalue_line(
         "markers", "full_data: needs files outside tests/assets/data (skipped in a bare clone)"
+    )
+    config.addinivalue_line(
+        "markers", "slow: takes more than a few seconds; `make test-fast` leaves it out"
     )
 
 
