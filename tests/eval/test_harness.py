@@ -7,6 +7,7 @@ The tasks are lm-eval YAMLs on the original data files (tests/eval/lm_eval_tasks
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from lm_eval import simple_evaluate
@@ -16,6 +17,7 @@ from lm_eval_support import TASK_DIR, load_tasks, one_thread  # noqa: F401  (aut
 from pasture import load_model
 from pasture.eval import GenerationRequest, PastureLM, Sampling
 from pasture.eval.harness import HarnessLM, register
+from pasture.eval.task import DEFAULT_BATCH_SIZE, EvalSettings
 
 LIMIT = 8
 
@@ -118,6 +120,18 @@ def test_model_args_errors_name_the_key(stories):
         cls.create_from_arg_string(f"checkpoint={stories[0]},pretrained=x")
     with pytest.raises(ValueError, match="'auto' is not supported"):
         cls.create_from_arg_string(f"checkpoint={stories[0]},batch_size=auto")
+
+
+def test_batch_size_from_model_args_then_lm_evals_flag_then_pasture_evals_default(stories):
+    if "pasture" not in _registered():
+        register(load_model)
+    cls = get_model("pasture")
+    args = f"checkpoint={stories[0]},tokenizer={stories[1]}"
+    assert cls.create_from_arg_string(args).lm.batch_size == DEFAULT_BATCH_SIZE
+    assert cls.create_from_arg_string(args, {"batch_size": 5}).lm.batch_size == 5
+    given = cls.create_from_arg_string(args + ",batch_size=3", {"batch_size": 5})
+    assert given.lm.batch_size == 3
+    assert EvalSettings(Path(".")).batch_size == DEFAULT_BATCH_SIZE
 
 
 def _registered() -> list[str]:

@@ -39,6 +39,7 @@ from lm_eval.utils import simple_parse_args_string
 
 from ..model import Transformer
 from .lm import GenerationRequest, PastureLM, Sampling, TokenizerLike
+from .task import DEFAULT_BATCH_SIZE
 
 # What a generate_until request may ask for; anything else is an error rather than ignored.
 GEN_KWARGS = ("until", "max_gen_toks", "temperature", "do_sample", "top_p", "top_k", "seed")
@@ -143,8 +144,6 @@ def _args(requests: list[Instance]) -> list[tuple]:
 
 
 def cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -157,7 +156,8 @@ def register(load: Loader, name: str = "pasture") -> type[HarnessLM]:
 
     ``model_args``: ``checkpoint=PATH`` (any format Pasture reads), ``tokenizer=PATH``
     (SentencePiece ``.model``; default: the one next to the checkpoint), ``batch_size=N``
-    (default 8; lm-eval's own ``--batch_size`` applies when model_args has none),
+    (lm-eval's own ``--batch_size`` applies when model_args has none; default
+    ``DEFAULT_BATCH_SIZE``, as ``pasture eval``),
     ``max_length``, ``device`` (default cpu), ``dtype`` (float32, bfloat16, float16), ``seed``.
     ``load(checkpoint, tokenizer=..., device=..., dtype=...)`` reads the checkpoint:
     ``pasture.load_model``. (lm-eval fills its registry lazily only while it is empty, so
@@ -186,7 +186,7 @@ def register(load: Loader, name: str = "pasture") -> type[HarnessLM]:
             # lm-eval's own --batch_size / --device fill in what model_args leaves out.
             extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
             args = {k: extra[k] for k in ("batch_size", "device") if k in extra} | arg_dict
-            batch_size = args.get("batch_size", 8)
+            batch_size = args.get("batch_size", DEFAULT_BATCH_SIZE)
             if not isinstance(batch_size, int) or batch_size < 1:
                 raise ValueError(
                     f"model_args: batch_size={batch_size!r}: give a positive integer "

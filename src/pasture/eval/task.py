@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PastureError
-from .lm import LanguageModel
 
 if TYPE_CHECKING:
+    from .lm import LanguageModel
     from .toxicity import ToxicityScorer
 
 T = TypeVar("T")
+# Requests per forward pass of the model the tasks run on (``PastureLM``): pasture eval's
+# --batch-size, benchmarks during training and lm-eval's ``--model pasture`` default to it.
+# Results do not depend on it (tests/eval/test_run.py).
+DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class EvalSettings:
     limit: int | None = None  # evaluate the first N items only
     seed: int = 1234  # few-shot draws and sampling
     samples: int | None = None  # k of maj1@k / n of pass@k; None: the task's CPU-sized default
-    batch_size: int = 8
+    # for whoever builds the model from these settings (no task reads it): DEFAULT_BATCH_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
     # RealToxicityPrompts' scorer; None: the environment's (PASTURE_PERSPECTIVE_KEY or
     # PASTURE_TOXICITY_COMMAND), see pasture.eval.toxicity
     toxicity_scorer: ToxicityScorer | None = None
