@@ -103,6 +103,30 @@ def test_causality() -> None:
     assert (la[:, 8:] - lb[:, 8:]).abs().max() > 1e-3
 
 
+def test_packed_sequences_score_as_if_alone() -> None:
+    """Two sequences in one row (positions restart, a block-diagonal causal mask) give each
+    the logits it has alone; hidden + logits at chosen positions give forward's values there."""
+    model = _random_model(preset("debug-gqa", vocab_size=50))
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randint(0, 50, (1, 7), generator=g), torch.randint(0, 50, (1, 5), generator=g)
+    tokens = torch.cat([a, b], dim=1)  # (1, 12)
+    positions = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    segment = torch.tensor([0] * 7 + [1] * 5)
+    mask = (segment[:, None] == segment[None, :]) & torch.ones(12, 12, dtype=torch.bool).tril()
+    with torch.no_grad():
+        packed = model(tokens, positions=positions, mask=mask[None])  # (1, 12, 50)
+        h = model.hidden(tokens, positions=positions, mask=mask[None])
+        picked = model.logits(h[:, [6, 11]])  # (1, 2, 50): each sequence's last position
+        alone = torch.cat([model(a), model(b)], dim=1)
+    torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(picked, alone[:, [6, 11]], atol=1e-4, rtol=1e-5)
+    assert (alone[:, 7:] - model(tokens)[:, 7:]).abs().max() > 1e-3  # packing mattered
+    with pytest.raises(ValueError, match="the mask must cover 12 keys, got 11"):
+        model(tokens, positions=positions, mask=mask[None, :, :11])
+    with pytest.raises(ValueError, match=r"positions must be in 0\.\.255"):
+        model(tokens, positions=positions + 250)
+
+
 def test_trains_and_ties() -> None:
     model = Transformer(preset("debug", vocab_size=64, tie_embeddings=True))
     model.init_weights(seed=0)
