@@ -24,7 +24,7 @@ from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
 from ..files import write_text
 from ..model import ConfigError, ModelArgs, Transformer
-from ..model.quant import QuantConfig, empty_quantized, quantize
+from ..model.quant import QuantConfig, empty_quantized, prepare_kernels, quantize
 from .weights import Checkpoint, FolderLayout, check_folder, folder_writer, read_json
 
 FORMAT = "pasture-quantized"
@@ -149,6 +149,7 @@ def load_model(
     model.load_state_dict(state, strict=False, assign=True)
     if args.tie_embeddings and "output" not in layers:
         model.output.weight = model.tok_embeddings.weight
+    prepare_kernels(model)
     tokenizer = None
     if (path / "tokenizer.model").is_file():
         tokenizer = Tokenizer.from_file(path / "tokenizer.model")

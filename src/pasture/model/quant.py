@@ -127,6 +127,14 @@ class Int4Linear(nn.Module):
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
+def prepare_kernels(model: nn.Module) -> None:
+    """Build every int4 layer's device-specific packed layout now (before ``torch.compile``
+    traces a step, and so the first request does not pay for it)."""
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            module.kernel_layout()
+
+
 def fits(linear: nn.Linear, cfg: QuantConfig) -> bool:
     """Whether the kernel for ``cfg.dtype`` takes this layer's shape."""
     if linear.bias is not None:
@@ -176,6 +184,7 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> dict:
     names = quantizable(model, cfg)
     for name in names:
         _replace(model, name, quantize_linear(model.get_submodule(name), cfg))
+    prepare_kernels(model)
     kept = sum(isinstance(m, nn.Linear) for m in model.modules())
     return {"layers": names, "kept_float": kept}
 
