@@ -12,11 +12,11 @@ from pasture.carbon import (
     PAPER_TABLE15,
     EnergyMeter,
     Footprint,
-    carbon_main,
     project_total,
     table15,
     to_markdown,
 )
+from pasture.cli import main
 from pasture.errors import PastureError
 
 
@@ -142,10 +142,10 @@ def test_meter_nvml_sums_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_one_run(capsys: pytest.CaptureFixture) -> None:
-    assert carbon_main(["--gpu-hours", "82432", "--power", "400"]) == 0
+    assert main(["carbon", "--gpu-hours", "82432", "--power", "400"]) == 0
     out = capsys.readouterr().out
     assert "36.27 MWh" in out and "13.96 tCO2eq" in out
-    assert carbon_main(["--gpu-hours", "1000", "--power", "400", "--pue", "1.0", "--json"]) == 0
+    assert main(["carbon", "--gpu-hours", "1000", "--power", "400", "--pue", "1.0", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["energy_mwh"] == pytest.approx(0.4)
     assert data["tco2eq"] == pytest.approx(0.154)
@@ -154,27 +154,29 @@ def test_cli_one_run(capsys: pytest.CaptureFixture) -> None:
 def test_cli_prints_gpu_hours_as_written_and_defaults_to_the_papers_400_watts(
     capsys: pytest.CaptureFixture,
 ) -> None:
-    assert carbon_main(["--gpu-hours", "1022362", "--power", "400"]) == 0
+    assert main(["carbon", "--gpu-hours", "1022362", "--power", "400"]) == 0
     given = capsys.readouterr().out
     assert "(1,022,362 GPU-h × 400 W × PUE 1.1)" in given and "e+06" not in given
     assert "449.84 MWh" in given  # LLaMA-65B, Table 15 (printed 449: see the module docstring)
-    assert carbon_main(["--gpu-hours", "1022362"]) == 0
+    assert main(["carbon", "--gpu-hours", "1022362"]) == 0
     default = capsys.readouterr().out
     assert default.splitlines()[:2] == given.splitlines()  # the same energy and tCO2eq
     assert default.splitlines()[2].startswith("power   400 W per GPU, the default: the paper's")
-    assert carbon_main(["--gpu-hours", "1234.5", "--power", "250.25"]) == 0
+    assert main(["carbon", "--gpu-hours", "1234.5", "--power", "250.25"]) == 0
     assert "(1,234.5 GPU-h × 250.25 W" in capsys.readouterr().out
-    assert carbon_main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["carbon", "--help"])
+    assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "default 400: the paper's figure for an A100-80GB" in help_text
 
 
 def test_cli_table15(capsys: pytest.CaptureFixture) -> None:
-    assert carbon_main(["--table15"]) == 0
+    assert main(["carbon", "--table15"]) == 0
     out = capsys.readouterr().out
     assert "| BLOOM-175B | A100-80GB | 400W | 1,082,880 | 475 MWh | 183 |" in out
     assert "2,638 MWh" in out and "1,016 tCO2eq (paper: 1,015)" in out
-    assert carbon_main(["--table15", "--json"]) == 0
+    assert main(["carbon", "--table15", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["tco2eq"] for r in data["rows"]] == [137, 183, 14, 23, 90, 173]
     assert data["project"]["tco2eq"] == 1016
@@ -194,7 +196,7 @@ def test_cli_table15(capsys: pytest.CaptureFixture) -> None:
     ],
 )
 def test_cli_errors(argv: list[str], capsys: pytest.CaptureFixture) -> None:
-    assert carbon_main(argv) == 2
+    assert main(["carbon", *argv]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()

@@ -81,8 +81,12 @@ TRAIN_DEBUG = Path(__file__).resolve().parents[1] / "configs" / "train" / "debug
         ("optim.weight_decay=nan", "optim.weight_decay = nan: must be finite, >= 0"),
         ("micro_batch=0", "micro_batch = 0: must be 1 or more"),
         ("data.seq_len=0", "data.seq_len = 0: must be 1 or more"),
-        ("checkpoint_every=0", "checkpoint_every = 0: must be 1 or more"),
-        ("log_every=0", "log_every = 0: must be 1 or more"),
+        ("checkpoint.every=0", "checkpoint.every = 0: must be 1 or more"),
+        ("checkpoint_every=0", "checkpoint.every = 0: must be 1 or more"),  # the old spelling
+        ("metrics.log_every=0", "metrics.log_every = 0: must be 1 or more"),
+        ("carbon.pue=0.5", "carbon.pue = 0.5: must be a finite number 1.0 or more"),
+        ("carbon.power_watts=0", "carbon.power_watts = 0.0: must be a finite number above 0"),
+        ("benchmarks.batch_size=0", "benchmarks.batch_size = 0: must be 1 or more"),
         ("device=tpu:7", "device = 'tpu:7': use cpu, cuda or cuda:N"),
         ("model.max_seq_len=1e10", "model.max_seq_len: expected int, got 10000000000.0"),
         ("model.max_seq_len=10000000000", "max_seq_len must be in 1..16,777,216"),
@@ -116,3 +120,41 @@ def test_config_files_that_are_not_configs(tmp_path: Path) -> None:
         load_toml(deep)
     with pytest.raises(PastureError, match="nested too deeply"):
         load_toml(None, ["x=" + "[" * 100_000])
+
+
+def test_keys_that_moved_into_their_modules_tables_still_load(tmp_path: Path) -> None:
+    from pasture.train.config import TrainConfig, load_train_config
+
+    old = load_train_config(None, ["checkpoint_every=7", "keep_checkpoints=0", "log_every=3"])
+    new = load_train_config(
+        None, ["checkpoint.every=7", "checkpoint.keep=0", "metrics.log_every=3"]
+    )
+    assert old == new != TrainConfig()
+    assert load_train_config(TRAIN_DEBUG, ["checkpoint_every=9"]).checkpoint.every == 9
+    both = _toml(tmp_path, "pue = 1.2\n[carbon]\npue = 1.3\n")
+    with pytest.raises(PastureError, match="pue and carbon.pue are one setting: keep one"):
+        load_train_config(both)
+
+
+def test_pasture_data_is_read_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pasture import cli, demo
+    from pasture.config import data_root
+
+    monkeypatch.setenv("PASTURE_DATA", "/somewhere/data")
+    assert data_root() == Path("/somewhere/data")
+    assert cli._default_eval_dir() == str(Path("/somewhere/data/eval"))
+    assert demo.default_data_dir() == Path("/somewhere/data")
+    monkeypatch.setenv("PASTURE_DATA", "")  # set but empty: as if unset
+    assert data_root() is None and cli._default_eval_dir() is None
+    assert demo.default_data_dir() == Path.cwd().parent / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((TRAIN_DEBUG.parent.parent / "train").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_train_config_loads_in_the_new_tables(path: Path) -> None:
+    from pasture.train.config import MOVED, load_train_config
+
+    assert not set(load_toml(path)) & set(MOVED)  # shipped configs use the tables
+    cfg = load_train_config(path)
+    assert cfg.checkpoint.every >= 1 and cfg.model.args().max_seq_len >= cfg.data.seq_len

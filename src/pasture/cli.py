@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +24,11 @@ import torch
 
 from . import interop
 from .carbon import footprint as carbon
+from .config import data_root
 from .data.corpus import default_corpus_files
 from .data.tokenizer import Tokenizer, train_tokenizer
 from .errors import PastureError
+from .eval.task import EvalSettings
 from .generate import Llama2cSampler, generate
 from .interop import Checkpoint
 from .model import PRESETS, Transformer, count_parameters, preset
@@ -70,8 +71,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def _default_eval_dir() -> str | None:
-    root = os.environ.get("PASTURE_DATA")
-    return str(Path(root) / "eval") if root else None
+    root = data_root()
+    return None if root is None else str(root / "eval")
 
 
 def _tokenizer_arg(path: str | None) -> Tokenizer | None:
@@ -242,12 +243,11 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import build, load_toml
-    from .train.config import TrainConfig
+    from .train.config import load_train_config
     from .train.loop import train
 
     config = args.config or Path(__file__).with_name("train") / "debug.toml"  # packaged
-    cfg = build(TrainConfig, load_toml(config, args.set), str(config))
+    cfg = load_train_config(config, args.set)
     resume: str | bool = True if args.resume == "latest" else (args.resume or False)
     train(cfg, resume=resume)
 
@@ -332,6 +332,16 @@ def cmd_lm_eval(args: argparse.Namespace) -> None:
     cli_evaluate()
 
 
+def cmd_carbon(args: argparse.Namespace) -> None:
+    carbon.report(args.gpu_hours, args.power, args.pue, args.intensity, args.table15, args.json)
+
+
+def cmd_toxicity_scorer(args: argparse.Namespace) -> None:
+    from .eval.toxicity import score_lines
+
+    score_lines(args.model_dir, sys.stdin, sys.stdout, args.batch_size)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -353,10 +363,15 @@ def _add_save_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llama2c-version", type=int, choices=(0, 1), default=1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pasture", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="verb", required=True)
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and status 2, like every other error (``main``)."""
 
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PastureError(f"{self.prog}: {message}")
+
+
+def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
+    """``info``, ``convert``, ``init``, ``generate``: checkpoints of any format."""
     p = sub.add_parser("info", help="config, parameter count and format of a checkpoint")
     p.add_argument("target", help=f"a checkpoint path or a preset ({', '.join(PRESETS)})")
     p.add_argument("--json", action="store_true")
@@ -394,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_generate)
 
+
+def _tokenizer_verbs(sub: argparse._SubParsersAction) -> None:
+    """``tokenizer train|encode|decode``."""
     tok = sub.add_parser("tokenizer", help="train, encode, decode").add_subparsers(
         dest="action", required=True
     )
@@ -414,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+")
     p.set_defaults(func=cmd_tokenizer_decode)
 
+
+def _training_verbs(sub: argparse._SubParsersAction) -> None:
+    """``data build``, ``train``, ``plot``, ``export``, ``carbon``: pretraining."""
     data = sub.add_parser("data", help="build the pretraining mixture").add_subparsers(
         dest="action", required=True
     )
@@ -449,13 +470,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "carbon",
-        help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)",
+    p = sub.add_parser("carbon", help="energy (MWh) and tCO2eq from GPU-hours (paper §6, Table 15)")
+    p.add_argument("--gpu-hours", type=float, help="GPU-hours of the run")
+    p.add_argument(
+        "--power",
+        type=float,
+        help=f"watts per GPU (default {carbon.A100_POWER_WATTS:g}: the paper's figure for an "
+        "A100-80GB)",
     )
-    carbon.add_arguments(p)
-    p.set_defaults(func=carbon.run)
+    p.add_argument(
+        "--pue", type=float, default=carbon.PUE, help=f"power usage effectiveness ({carbon.PUE})"
+    )
+    p.add_argument(
+        "--intensity",
+        type=float,
+        default=carbon.CARBON_INTENSITY,
+        help=f"t CO2eq per MWh (US average: {carbon.CARBON_INTENSITY})",
+    )
+    p.add_argument("--table15", action="store_true", help="recompute the paper's Table 15")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_carbon)
 
+
+def _eval_verbs(sub: argparse._SubParsersAction) -> None:
+    """``eval``, ``lm-eval``, ``toxicity-scorer``, ``demo``."""
     p = sub.add_parser("eval", help="the paper's benchmarks (Tables 3-12) on any checkpoint")
     p.add_argument("--checkpoint", required=True, help="any format: Meta, HF, llama2.c, GGUF")
     p.add_argument("--tokenizer", help="SentencePiece .model if the checkpoint carries none")
@@ -468,9 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval-results", help="folder for JSON and results.md")
     p.add_argument("--shots", type=int, help="few-shot examples (default: the paper's)")
     p.add_argument("--limit", type=int, help="evaluate the first N items of each task")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=EvalSettings.batch_size)
     p.add_argument("--samples", type=int, help="k for maj1@k / n for pass@k")
-    p.add_argument("--seed", type=int, default=1234, help="few-shot draws and sampling")
+    p.add_argument(
+        "--seed", type=int, default=EvalSettings.seed, help="few-shot draws and sampling"
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--dtype", choices=sorted(interop.DTYPES), help="cast weights (e.g. bf16)")
     p.add_argument(
@@ -494,17 +534,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("harness_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments")
     p.set_defaults(func=cmd_lm_eval)
 
+    p = sub.add_parser(
+        "toxicity-scorer",
+        help='score JSON lines {"text": ...} from stdin with a classifier '
+        "(a PASTURE_TOXICITY_COMMAND for RealToxicityPrompts)",
+    )
+    kind = p.add_subparsers(dest="kind", required=True)
+    p = kind.add_parser("hf", help="a Hugging Face sequence-classification model directory")
+    p.add_argument("model_dir")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_toxicity_scorer)
+
     p = sub.add_parser("demo", help="the main job on data that needs no download")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--data", help="shared data folder (default: $PASTURE_DATA or ../shared/data)")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pasture", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    for add in (_checkpoint_verbs, _tokenizer_verbs, _training_verbs, _eval_verbs):
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
     try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except PastureError as e:
         print(f"pasture: error: {e}", file=sys.stderr)

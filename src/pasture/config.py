@@ -7,6 +7,7 @@ errors that name the key. A leaf module: it imports nothing from Pasture but ``e
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -16,6 +17,15 @@ from typing import Any, TypeVar
 from .errors import PastureError
 
 T = TypeVar("T")
+
+DATA_ENV = "PASTURE_DATA"  # the shared data folder: eval/, models/, raw samples
+
+
+def data_root(default: Path | None = None) -> Path | None:
+    """The shared data folder: ``$PASTURE_DATA`` if set (and not empty), else ``default``. The
+    one place that reads the variable (``pasture eval``, benchmarks during training, the demo)."""
+    root = os.environ.get(DATA_ENV, "")
+    return Path(root) if root else default
 
 
 def load_toml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -15,23 +15,23 @@ Each step appends a JSON line to ``WORKDIR/demo.jsonl``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import interop
-from .config import build, load_toml
+from .config import data_root
 from .data.corpus import default_corpus_files
-from .data.tokenizer import train_tokenizer
+from .data.tokenizer import Tokenizer, train_tokenizer
 from .export import export
 from .generate import generate
 from .interop import Checkpoint
 from .model import Transformer, count_parameters, preset
-from .train.config import TrainConfig
+from .train.config import load_train_config
 from .train.loop import train
 from .train.plot import plot_loss, read_metrics
 
@@ -39,7 +39,10 @@ ROUND_TRIP = [("meta", "meta"), ("hf", "hf"), ("llama2c", "model.bin"), ("gguf",
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("PASTURE_DATA", Path.cwd().parent / "shared" / "data"))
+    return data_root(default=Path.cwd().parent / "shared" / "data")
+
+
+Log = Callable[..., None]
 
 
 def run_demo(
@@ -57,13 +60,25 @@ def run_demo(
             f.write(json.dumps({"step": step, **fields}) + "\n")
 
     start = time.perf_counter()
+    tokenizer = _train_tokenizer(workdir, corpus_bytes, log)
+    _round_trip(workdir, tokenizer, log)
+    run_dir = _pretrain(workdir, corpus_bytes, train_steps, log)
+    _generate_trained(workdir, run_dir, log)
+    _stories(workdir, data or default_data_dir(), log)
+    print(f"done in {time.perf_counter() - start:.1f}s; results in {log_path}")
+
+
+def _train_tokenizer(workdir: Path, corpus_bytes: int, log: Log) -> Tokenizer:
     files = default_corpus_files(max_bytes=corpus_bytes)
     print(f"[1/5] training a tokenizer on {len(files)} stdlib files ({corpus_bytes:,} bytes)")
     tokenizer = train_tokenizer(files, workdir / "tokenizer.model", vocab_size=2000)
     digits = [tokenizer.id_to_piece(i) for i in tokenizer.encode("12345")]
     print(f"      {tokenizer.vocab_size} pieces; '12345' -> {digits}")
     log("tokenizer", vocab_size=tokenizer.vocab_size, files=len(files), digits=digits)
+    return tokenizer
 
+
+def _round_trip(workdir: Path, tokenizer: Tokenizer, log: Log) -> None:
     # llama2.c's files cannot hold the RMSNorm eps (run.c hard-codes 1e-5), so the demo model
     # uses 1e-5 and survives that leg of the round trip exactly.
     config = preset("debug", vocab_size=tokenizer.vocab_size, norm_eps=1e-5)
@@ -89,6 +104,8 @@ def run_demo(
             raise RuntimeError(f"logits changed by {delta} after writing {fmt}")
     print("      logits identical after every format")
 
+
+def _pretrain(workdir: Path, corpus_bytes: int, train_steps: int, log: Log) -> Path:
     run_dir = workdir / "train"
     print(f"[3/5] pretraining the debug model for {train_steps} steps on the standard library")
     overrides = [
@@ -96,9 +113,9 @@ def run_demo(
         f"steps={train_steps}",
         "batch_tokens=4096",
         "micro_batch=8",
-        "log_every=1",
+        "metrics.log_every=1",
         "eval_every=50",
-        f"checkpoint_every={train_steps}",
+        f"checkpoint.every={train_steps}",
         "model.preset=debug",
         "data.seq_len=256",
         f"data.tokenizer={workdir / 'tokenizer.model'}",
@@ -108,7 +125,7 @@ def run_demo(
         "parallel.mixed_precision=fp32",
     ]
     shutil.rmtree(run_dir, ignore_errors=True)
-    last = train(build(TrainConfig, load_toml(None, overrides)))
+    last = train(load_train_config(None, overrides))
     first = read_metrics(run_dir)[0]
     plot = plot_loss([run_dir], run_dir / "loss.png")
     carbon = json.loads((run_dir / "carbon.jsonl").read_text().splitlines()[-1])
@@ -121,7 +138,10 @@ def run_demo(
         plot=str(plot),
         **carbon,
     )
+    return run_dir
 
+
+def _generate_trained(workdir: Path, run_dir: Path, log: Log) -> None:
     print("[4/5] exporting the trained model to Hugging Face format and generating:")
     trained = export(run_dir, workdir / "trained-hf", "hf")
     text = generate(
@@ -136,7 +156,8 @@ def run_demo(
     print("      " + ("def main():" + text).replace("\n", "\n      "))
     log("generate_trained", prompt="def main():", completion=text)
 
-    data = data or default_data_dir()
+
+def _stories(workdir: Path, data: Path, log: Log) -> None:
     stories = data / "models" / "stories260K"
     if (stories / "stories260K.bin").is_file():
         print("[5/5] llama2.c's trained stories260K, converted to Hugging Face format, greedy:")
@@ -148,4 +169,3 @@ def run_demo(
         log("generate_stories260K", prompt="Once upon a time", completion=story)
     else:
         print(f"[5/5] skipped: no stories260K under {data} (set PASTURE_DATA or pass --data)")
-    print(f"done in {time.perf_counter() - start:.1f}s; results in {log_path}")

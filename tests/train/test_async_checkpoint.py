@@ -12,21 +12,24 @@ from pathlib import Path
 
 import torch
 
-from pasture.config import build, load_toml
 from pasture.export import load_trained
 from pasture.train import checkpoint
-from pasture.train.config import TrainConfig
+from pasture.train.config import TrainConfig, load_train_config
 from pasture.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "log_every=1", "optim.warmup_steps=4"]
+SMALL = [
+    "data.corpus_bytes=1000000",
+    "data.vocab_size=1000",
+    "metrics.log_every=1",
+    "optim.warmup_steps=4",
+]
 SMALL += ["batch_tokens=2048", "eval_batches=1"]  # one micro-batch a step: fast
 
 
-def _config(run_dir: Path, **top) -> TrainConfig:
-    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL)
-    data.update(run_dir=str(run_dir), tensorboard=False, **top)
-    return build(TrainConfig, data, "debug.toml")
+def _config(run_dir: Path, *settings: str) -> TrainConfig:
+    settings = (*SMALL, "metrics.tensorboard=false", *settings, f"run_dir={run_dir}")
+    return load_train_config(REPO / "configs" / "train" / "debug.toml", list(settings))
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -34,9 +37,9 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def test_async_checkpoints_equal_sync_ones_and_resume_bit_identically(tmp_path: Path) -> None:
-    steps = dict(steps=12, checkpoint_every=4, keep_checkpoints=3)
-    train(_config(tmp_path / "sync", **steps))
-    train(_config(tmp_path / "async", checkpoint_async=True, **steps))
+    steps = ["steps=12", "checkpoint.every=4", "checkpoint.keep=3"]
+    train(_config(tmp_path / "sync", *steps))
+    train(_config(tmp_path / "async", "checkpoint.async_save=true", *steps))
     sync, asynchronous = _metrics(tmp_path / "sync"), _metrics(tmp_path / "async")
     assert [m["loss"] for m in asynchronous] == [m["loss"] for m in sync]
     names = [p.name for p in checkpoint.checkpoint_dirs(tmp_path / "async")]
@@ -53,7 +56,7 @@ def test_async_checkpoints_equal_sync_ones_and_resume_bit_identically(tmp_path: 
         assert state["step"] == int(name.removeprefix("step-"))
 
     first = tmp_path / "async" / "checkpoints" / "step-00000004"
-    train(_config(tmp_path / "async", checkpoint_async=True, **steps), resume=str(first))
+    train(_config(tmp_path / "async", "checkpoint.async_save=true", *steps), resume=str(first))
     resumed = _metrics(tmp_path / "async")[12:]
     assert [m["step"] for m in resumed] == list(range(5, 13))
     assert [m["loss"] for m in resumed] == [m["loss"] for m in sync[4:]]  # every bit
@@ -80,8 +83,8 @@ main()
 
 
 def _cli(run_dir: Path, prefix: list[str], *extra: str) -> subprocess.Popen:
-    settings = [*SMALL, f"run_dir={run_dir}", "steps=8", "checkpoint_every=2"]
-    settings += ["checkpoint_async=true", "tensorboard=false"]
+    settings = [*SMALL, f"run_dir={run_dir}", "steps=8", "checkpoint.every=2"]
+    settings += ["checkpoint.async_save=true", "metrics.tensorboard=false"]
     config = str(REPO / "configs" / "train" / "debug.toml")
     cmd = [*prefix, "train", "--config", config, *(f"--set={s}" for s in settings), *extra]
     return subprocess.Popen(

@@ -8,26 +8,24 @@ from pathlib import Path
 import pytest
 
 from pasture.cli import main
-from pasture.config import build, load_toml
 from pasture.errors import PastureError
-from pasture.train.config import TrainConfig
+from pasture.train.config import TrainConfig, load_train_config
 from pasture.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
     "data.corpus_bytes=400000",
     "data.vocab_size=600",
-    "log_every=1",
+    "metrics.log_every=1",
     "optim.warmup_steps=2",
     "eval_every=0",
-    "tensorboard=false",
+    "metrics.tensorboard=false",
 ]
 
 
-def _config(run_dir: Path, overrides: list[str], **top) -> TrainConfig:
-    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL + overrides)
-    data.update(run_dir=str(run_dir), checkpoint_every=1000, **top)
-    return build(TrainConfig, data, "debug.toml")
+def _config(run_dir: Path, overrides: list[str], *settings: str) -> TrainConfig:
+    settings = (*SMALL, *overrides, f"run_dir={run_dir}", "checkpoint.every=1000", *settings)
+    return load_train_config(REPO / "configs" / "train" / "debug.toml", list(settings))
 
 
 def test_benchmarks_every_n_steps_leave_training_unchanged(tmp_path: Path, shared_data) -> None:
@@ -38,8 +36,8 @@ def test_benchmarks_every_n_steps_leave_training_unchanged(tmp_path: Path, share
         f"benchmarks.data_dir={shared_data / 'eval'}",
     ]
     plain, scored = tmp_path / "plain", tmp_path / "scored"
-    train(_config(plain, [], steps=7))
-    train(_config(scored, bench, steps=7))
+    train(_config(plain, [], "steps=7"))
+    train(_config(scored, bench, "steps=7"))
 
     def losses(run: Path) -> list[float]:
         return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -59,13 +57,13 @@ def test_benchmarks_every_n_steps_leave_training_unchanged(tmp_path: Path, share
 
 
 def test_unknown_benchmark_or_missing_file_fails_before_training(tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "a", ['benchmarks.tasks=["nope"]', "benchmarks.every=1"], steps=5)
+    cfg = _config(tmp_path / "a", ['benchmarks.tasks=["nope"]', "benchmarks.every=1"], "steps=5")
     with pytest.raises(PastureError, match="unknown task.*nope"):
         train(cfg)
     cfg = _config(
         tmp_path / "b",
         ['benchmarks.tasks=["piqa"]', "benchmarks.every=1", f"benchmarks.data_dir={tmp_path}"],
-        steps=5,
+        "steps=5",
     )
     with pytest.raises(PastureError, match="piqa.*valid.jsonl: missing"):
         train(cfg)

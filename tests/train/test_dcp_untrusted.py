@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pasture.config import build, load_toml
 from pasture.errors import PastureError
-from pasture.train.config import TrainConfig
+from pasture.train.config import TrainConfig, load_train_config
 from pasture.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,15 +35,15 @@ class Payload:
 
 
 def _config(run_dir: Path, steps: int) -> TrainConfig:
-    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL)
-    data.update(run_dir=str(run_dir), steps=steps, checkpoint_every=3, tensorboard=False)
-    return build(TrainConfig, data, "debug.toml")
+    settings = [f"run_dir={run_dir}", f"steps={steps}", "checkpoint.every=3"]
+    settings.append("metrics.tensorboard=false")
+    return load_train_config(REPO / "configs" / "train" / "debug.toml", [*SMALL, *settings])
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("untrusted") / "run"
-    train(_config(run, steps=3))
+    train(_config(run, 3))
     return run
 
 
@@ -60,7 +59,7 @@ def _step(run: Path) -> Path:
 
 
 def _resume(run: Path) -> None:
-    train(_config(run, steps=6), resume=True)
+    train(_config(run, 6), resume=True)
 
 
 def _export(run: Path, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -153,12 +152,16 @@ def test_metadata_that_claims_a_huge_vocabulary_builds_nothing(run: Path, tmp_pa
     with (step / ".metadata").open("rb") as f:
         metadata = pickle.load(f)  # our own file, written by the run above
     embeddings = metadata.state_dict_metadata["model.tok_embeddings.weight"]
+    embeddings_vocab = embeddings.size[0]
     embeddings.size = torch.Size([10**12, embeddings.size[1]])
     with (step / ".metadata").open("wb") as f:
         pickle.dump(metadata, f)
+    vocab = json.loads((run / "config.json").read_text())["model"]["vocab_size"]
+    assert vocab == embeddings_vocab
     result = _export(run, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"pasture: error: {step}: vocab_size must be in 1..16,777,216, got 1,000,000,000,000"
+        f"pasture: error: {step}: embeddings of shape (1000000000000, 128), but "
+        f"{run / 'config.json'} records a model of {vocab} × 128; not this run's checkpoint"
     ]
     assert not (tmp_path / "hf").exists()

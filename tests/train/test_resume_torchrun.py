@@ -25,9 +25,9 @@ import launch
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
-    "data.corpus_bytes=1000000", "data.vocab_size=1000", "optim.warmup_steps=4", "log_every=1",
-    "steps=30", "checkpoint_every=3", "keep_checkpoints=2", "batch_tokens=4096",
-    "tensorboard=false", "eval_every=0",
+    "data.corpus_bytes=1000000", "data.vocab_size=1000", "optim.warmup_steps=4",
+    "metrics.log_every=1", "steps=30", "checkpoint.every=3", "checkpoint.keep=2",
+    "batch_tokens=4096", "metrics.tensorboard=false", "eval_every=0",
 ]  # fmt: skip
 KILLS_PER_MODE = 10
 MOMENTS = ("before", "during", "after")  # relative to a checkpoint save
@@ -101,7 +101,7 @@ def test_kill_and_resume_twenty_times_reproduces_the_uninterrupted_run(tmp_path:
     for mode in ("sync", "async"):
         run, log = tmp_path / mode, tmp_path / f"{mode}.log"
         shutil.copytree(clean / "data", run / "data")  # same tokenizer and shard
-        command = _command(run, f"--set=checkpoint_async={str(mode == 'async').lower()}")
+        command = _command(run, f"--set=checkpoint.async_save={str(mode == 'async').lower()}")
         for attempt in range(KILLS_PER_MODE):
             _kill_at(MOMENTS[attempt % len(MOMENTS)], run, [*command, "--resume"], log)
         assert launch.run([*command, "--resume"], log, BOUND_S) == 0, launch.tail([log])

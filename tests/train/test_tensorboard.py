@@ -11,30 +11,33 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pasture.config import build, load_toml
 from pasture.errors import PastureError
-from pasture.train.config import TrainConfig
+from pasture.train.config import TrainConfig, load_train_config
 from pasture.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "log_every=1", "optim.warmup_steps=4"]
+SMALL = [
+    "data.corpus_bytes=1000000",
+    "data.vocab_size=1000",
+    "metrics.log_every=1",
+    "optim.warmup_steps=4",
+]
 SMALL += ["batch_tokens=2048", "eval_batches=1"]  # one micro-batch a step: fast
 
 
-def _config(run_dir: Path, **top) -> TrainConfig:
-    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL)
-    data.update(run_dir=str(run_dir), **top)
-    return build(TrainConfig, data, "debug.toml")
+def _config(run_dir: Path, *settings: str) -> TrainConfig:
+    settings = (*SMALL, *settings, f"run_dir={run_dir}")
+    return load_train_config(REPO / "configs" / "train" / "debug.toml", list(settings))
 
 
 def test_scalars_equal_metrics_jsonl_per_step(tmp_path: Path) -> None:
     run = tmp_path / "run"
     # peak_tflops: an MFU on CPU too; eval_every: validation loss at steps 2 and 4.
-    settings = dict(checkpoint_every=2, keep_checkpoints=3, eval_every=2, peak_tflops=1.0)
-    train(_config(run, steps=5, **settings))
+    settings = ["checkpoint.every=2", "checkpoint.keep=3", "eval_every=2", "metrics.peak_tflops=1"]
+    train(_config(run, "steps=5", *settings))
     # A second session from step 2: steps 3-5 logged again; TensorBoard, like metrics.jsonl
     # ("later lines win"), must show the second session's values.
-    train(_config(run, steps=6, **settings), resume=str(run / "checkpoints" / "step-00000002"))
+    train(_config(run, "steps=6", *settings), resume=str(run / "checkpoints" / "step-00000002"))
     expected: dict[str, dict[int, float]] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         metrics = json.loads(line)
@@ -58,12 +61,12 @@ def test_scalars_equal_metrics_jsonl_per_step(tmp_path: Path) -> None:
 def test_missing_package_stops_before_training(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
     with pytest.raises(PastureError) as error:
-        train(_config(tmp_path / "run", steps=6))
+        train(_config(tmp_path / "run", "steps=6"))
     assert str(error.value) == (
-        "tensorboard = true needs the tensorboard package: pip install 'pasture[train]', "
-        "or set tensorboard = false"
+        "metrics.tensorboard = true needs the tensorboard package: "
+        "pip install 'pasture[train]', or set metrics.tensorboard = false"
     )
     assert not (tmp_path / "run").exists()  # nothing started
-    train(_config(tmp_path / "run", steps=6, tensorboard=False))  # the way out it names
+    train(_config(tmp_path / "run", "steps=6", "metrics.tensorboard=false"))  # the way out it names
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     assert not (tmp_path / "run" / "tensorboard").exists()

@@ -14,19 +14,22 @@ import pytest
 
 from pasture.config import build
 from pasture.errors import PastureError
-from pasture.train.config import TrainConfig
+from pasture.train.config import TrainConfig, load_train_config
 from pasture.train.loop import train
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "log_every=1", "optim.warmup_steps=4"]
+SMALL = [
+    "data.corpus_bytes=1000000",
+    "data.vocab_size=1000",
+    "metrics.log_every=1",
+    "optim.warmup_steps=4",
+]
 
 
-def _config(run_dir: Path, **top) -> TrainConfig:
-    from pasture.config import load_toml
-
-    data = load_toml(REPO / "configs" / "train" / "debug.toml", SMALL)
-    data.update(run_dir=str(run_dir), **top)
-    return build(TrainConfig, data, "debug.toml")
+def _config(run_dir: Path, *settings: str) -> TrainConfig:
+    return load_train_config(
+        REPO / "configs" / "train" / "debug.toml", [*SMALL, *settings, f"run_dir={run_dir}"]
+    )
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -35,7 +38,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_debug_model_learns(tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "run", steps=80, checkpoint_every=1000)
+    cfg = _config(tmp_path / "run", "steps=80", "checkpoint.every=1000")
     train(cfg)
     losses = _losses(tmp_path / "run")
     assert losses[1] > 6.0  # ≈ ln(1000) at the start
@@ -44,7 +47,10 @@ def test_debug_model_learns(tmp_path: Path) -> None:
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss"} <= set(metrics[-1])
     held_out = {m["step"]: m["val_loss"] for m in metrics if m["val_loss"] is not None}
     assert list(held_out) == [50] and held_out[50] < 0.75 * losses[1]  # eval_every = 50
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 80
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["steps"] == 80 and record["train"]["checkpoint"]["keep"] == 2
+    assert record["model"]["vocab_size"] == 1000 and record["model"]["max_seq_len"] == 256
+    assert record["tokenizer"] == "data/tokenizer.model" and record["data_dir"] == "data"
     table = (tmp_path / "run" / "carbon.md").read_text()
     assert "| LLaMA-65B | A100-80GB | 400W | 1,022,362 | 449 MWh | 173 |" in table
     assert "| debug (run, this run) | cpu | 400W |" in table
@@ -58,7 +64,7 @@ def _cli(run_dir: Path, *extra: str) -> subprocess.Popen:
         "train",
         "--config",
         str(REPO / "configs" / "train" / "debug.toml"),
-        *(f"--set={s}" for s in [*SMALL, f"run_dir={run_dir}", "steps=16", "checkpoint_every=4"]),
+        *(f"--set={s}" for s in [*SMALL, f"run_dir={run_dir}", "steps=16", "checkpoint.every=4"]),
         *extra,
     ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -85,7 +91,7 @@ def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
-    cfg = _config(tmp_path / "run", steps=8, checkpoint_every=4)
+    cfg = _config(tmp_path / "run", "steps=8", "checkpoint.every=4")
     train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
     # What a kill in the middle of saving step 12 leaves behind: a partial .tmp folder.
@@ -102,10 +108,10 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
 
 def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PastureError, match="not a multiple of micro_batch"):
-        train(_config(tmp_path / "a", batch_tokens=5000))
+        train(_config(tmp_path / "a", "batch_tokens=5000"))
     with pytest.raises(PastureError, match="model.preset: unknown preset 'huge'"):
         train(build(TrainConfig, {"model": {"preset": "huge"}}))
-    cfg = _config(tmp_path / "nan", steps=20, checkpoint_every=2)
+    cfg = _config(tmp_path / "nan", "steps=20", "checkpoint.every=2")
     cfg.optim.lr = 1e6  # diverges within a few steps
     cfg.optim.grad_clip = 1e30
     with pytest.raises(PastureError, match=r"step \d+: loss .*stopped. Last good checkpoint"):
@@ -131,13 +137,16 @@ def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
     )
 
 
-def test_export_matches_transformers(tmp_path: Path) -> None:
+def test_export_matches_transformers_and_reads_the_recorded_model(tmp_path: Path) -> None:
+    """`pasture export` builds what RUN/config.json records, not what the train table would
+    give again; a run folder can move (its own paths are recorded relative to it)."""
     import torch
     from transformers import LlamaForCausalLM
 
+    from pasture.data.tokenizer import Tokenizer
     from pasture.export import export, load_trained
 
-    train(_config(tmp_path / "run", steps=6, checkpoint_every=3))
+    train(_config(tmp_path / "run", "steps=6", "checkpoint.every=3", "model.max_seq_len=512"))
     export(tmp_path / "run", tmp_path / "hf", "hf")
     ours = load_trained(tmp_path / "run").to_model()
     theirs = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -152,6 +161,26 @@ def test_export_matches_transformers(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "run" / "config.json", empty / "config.json")
     with pytest.raises(PastureError, match="no complete checkpoint"):
         export(empty, tmp_path / "x", "hf")
+
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    ckpt = load_trained(moved)
+    assert ckpt.args.max_seq_len == 512 and ckpt.args.vocab_size == 1000
+    trained = Tokenizer.from_file(moved / "data" / "tokenizer.model")
+    assert ckpt.tokenizer.encode("def f():") == trained.encode("def f():")
+    other = tmp_path / "other.model"  # another tokenizer, recorded by its absolute path
+    shutil.copy(REPO / "tests/assets/data/models/stories260K/tok512.model", other)
+    record = json.loads((moved / "config.json").read_text())
+    record["train"]["model"]["max_seq_len"] = None  # the preset's 256, were it derived again
+    record["model"]["max_seq_len"] = 1024
+    record["tokenizer"] = str(other)
+    (moved / "config.json").write_text(json.dumps(record))
+    ckpt = load_trained(moved)
+    assert ckpt.args.max_seq_len == 1024 and ckpt.tokenizer.vocab_size == 512
+    record["model"]["vocab_size"] = 999  # not this run's checkpoint: one line, nothing built
+    (moved / "config.json").write_text(json.dumps(record))
+    with pytest.raises(PastureError, match=r"embeddings of shape \(1000, 128\).*999 × 128"):
+        load_trained(moved)
 
 
 def test_a_second_run_on_a_live_run_folder_fails_with_one_line(
@@ -176,12 +205,12 @@ def test_a_second_run_on_a_live_run_folder_fails_with_one_line(
         assert holder.stdout.readline().strip() == "locked"
         monkeypatch.setattr(checkpoint, "LOCK_WAIT_S", 0.5)
         with pytest.raises(PastureError, match=r"run: in use by another training process"):
-            train(_config(run, steps=6))
+            train(_config(run, "steps=6"))
         assert not (run / "config.json").exists()  # refused before any work
     finally:
         holder.kill()
         holder.wait()
-    train(_config(run, steps=6, checkpoint_every=6))  # a dead holder's lock is free
+    train(_config(run, "steps=6", "checkpoint.every=6"))  # a dead holder's lock is free
     assert (run / "checkpoints" / "step-00000006").is_dir()
 
 
@@ -199,11 +228,13 @@ def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
     )
     tokenizer = shared_data / "models" / "llama-tokenizer" / "tokenizer.model"
     build_dataset(data_cfg, root, tmp_path / "data", tokenizer=str(tokenizer))
-    cfg = _config(tmp_path / "run", steps=6, checkpoint_every=3)
+    cfg = _config(tmp_path / "run", "steps=6", "checkpoint.every=3")
     cfg.data.shards = str(tmp_path / "data")
     last = train(cfg)
     assert last["step"] == 6 and last["loss"] < 11.0  # ln(32000) ≈ 10.4 at the start
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["shards"]
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["data_dir"] == str((tmp_path / "data").resolve())
+    assert record["tokenizer"] == str((tmp_path / "data" / "tokenizer.model").resolve())
     from pasture.export import export
 
     exported = export(tmp_path / "run", tmp_path / "hf", "hf")  # the build's tokenizer travels
@@ -211,8 +242,8 @@ def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
 
 
 def test_resume_into_another_shape_is_one_clear_error(tmp_path: Path) -> None:
-    train(_config(tmp_path / "run", steps=6, checkpoint_every=3))
-    other = _config(tmp_path / "run", steps=9, checkpoint_every=3)
+    train(_config(tmp_path / "run", "steps=6", "checkpoint.every=3"))
+    other = _config(tmp_path / "run", "steps=9", "checkpoint.every=3")
     other.model.preset = "debug-gqa"  # fewer key/value heads: wk/wv shapes differ
     with pytest.raises(
         PastureError, match=r"step-00000006: cannot load into this model.*Size mismatch"

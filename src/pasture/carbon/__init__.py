@@ -3,23 +3,29 @@
 from .footprint import (
     PAPER_PROJECT,
     PAPER_TABLE15,
+    CarbonConfig,
     EnergyMeter,
     Footprint,
     PaperRow,
-    carbon_main,
     project_total,
+    record_session,
+    report,
     table15,
     to_markdown,
+    write_run_report,
 )
 
 __all__ = [
     "PAPER_PROJECT",
     "PAPER_TABLE15",
+    "CarbonConfig",
     "EnergyMeter",
     "Footprint",
     "PaperRow",
-    "carbon_main",
     "project_total",
+    "record_session",
+    "report",
     "table15",
     "to_markdown",
+    "write_run_report",
 ]

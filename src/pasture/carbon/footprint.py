@@ -33,21 +33,42 @@ How the paper rounds (worked out from its numbers; the paper does not say):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NamedTuple
 
-from pasture.errors import PastureError
+from .. import files
+from ..errors import PastureError
 
 PUE = 1.1
 CARBON_INTENSITY = 0.385  # kg CO2eq/kWh = t CO2eq/MWh, US national average
 A100_POWER_WATTS = 400.0  # the paper's figure for an A100-80GB (its TDP)
+
+
+@dataclass
+class CarbonConfig:
+    """``[carbon]`` of a training config: NVML where a GPU is visible, else hours × devices ×
+    ``power_watts``; then × ``pue`` and × ``carbon_intensity`` (paper §6)."""
+
+    power_watts: float = A100_POWER_WATTS  # per device, when not measured
+    pue: float = PUE
+    carbon_intensity: float = CARBON_INTENSITY  # tCO2eq per MWh (US average; set your region's)
+
+    def __post_init__(self) -> None:
+        for name, low in (("power_watts", 0.0), ("pue", 1.0), ("carbon_intensity", 0.0)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= low) or (name == "power_watts" and not value):
+                rule = "above 0" if name == "power_watts" else f"{low} or more"
+                raise PastureError(f"carbon.{name} = {value!r}: must be a finite number {rule}")
+
+    def meter(self, devices: int | None) -> EnergyMeter:
+        """A meter with these settings (``devices``: None counts the visible GPUs by NVML)."""
+        return EnergyMeter(self.power_watts, devices, self.pue, self.carbon_intensity)
 
 
 @dataclass(frozen=True)
@@ -307,48 +328,6 @@ def _visible_handles(pynvml) -> list:
     return handles
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and status 2, like ``pasture``
-        raise PastureError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pasture carbon", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    return p
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``pasture carbon`` (the CLI's subcommand table registers them)."""
-    p.add_argument("--gpu-hours", type=float, help="GPU-hours of the run")
-    p.add_argument(
-        "--power",
-        type=float,
-        help=f"watts per GPU (default {A100_POWER_WATTS:g}: the paper's figure for an A100-80GB)",
-    )
-    p.add_argument("--pue", type=float, default=PUE, help=f"power usage effectiveness ({PUE})")
-    p.add_argument(
-        "--intensity",
-        type=float,
-        default=CARBON_INTENSITY,
-        help=f"t CO2eq per MWh (US average: {CARBON_INTENSITY})",
-    )
-    p.add_argument("--table15", action="store_true", help="recompute the paper's Table 15")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def carbon_main(argv: list[str]) -> int:
-    """``pasture carbon …``: print energy and emissions; 2 and one error line on bad input."""
-    try:
-        run(_parser().parse_args(argv))
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    except PastureError as e:
-        print(f"pasture: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def plain(value: float) -> str:
     """A number as a person writes it: 1,022,362 and 1,234.5, never 1.02236e+06."""
     from decimal import Decimal
@@ -356,28 +335,36 @@ def plain(value: float) -> str:
     return format(Decimal(repr(float(value))).normalize(), ",f")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Print what ``args`` (from ``add_arguments``) asks for; PastureError on bad values."""
-    if args.table15:
-        if args.gpu_hours is not None or args.power is not None:
+def report(
+    gpu_hours: float | None = None,
+    power: float | None = None,
+    pue: float = PUE,
+    intensity: float = CARBON_INTENSITY,
+    paper_table: bool = False,
+    as_json: bool = False,
+) -> None:
+    """Print what ``pasture carbon`` asks for (its options, one for one); PastureError on bad
+    values."""
+    if paper_table:
+        if gpu_hours is not None or power is not None:
             raise PastureError("--table15 takes no --gpu-hours/--power: pass one or the other")
-        Footprint(0.0, 0.0, args.pue, args.intensity)  # validates --pue and --intensity
-        rows, total = table15(pue=args.pue, intensity=args.intensity), project_total(args.intensity)
-        if args.json:
+        Footprint(0.0, 0.0, pue, intensity)  # validates --pue and --intensity
+        rows, total = table15(pue=pue, intensity=intensity), project_total(intensity)
+        if as_json:
             print(json.dumps({"rows": rows, "project": total}, indent=2))
             return
         print(to_markdown(rows))
         print(
             f"\nWhole project ({total['gpus']:,} {total['gpu']}, ~{total['months']} months): "
-            f"{total['mwh']:,} MWh × {args.intensity} = {total['carbon_tco2eq']:,.2f} → "
+            f"{total['mwh']:,} MWh × {intensity} = {total['carbon_tco2eq']:,.2f} → "
             f"{total['tco2eq']:,} tCO2eq (paper: {total['paper_tco2eq']:,})"
         )
         return
-    if args.gpu_hours is None:
+    if gpu_hours is None:
         raise PastureError("pass --gpu-hours H [--power W] (or --table15)")
-    power = A100_POWER_WATTS if args.power is None else args.power
-    fp = Footprint(args.gpu_hours, power, args.pue, args.intensity)
-    if args.json:
+    watts = A100_POWER_WATTS if power is None else power
+    fp = Footprint(gpu_hours, watts, pue, intensity)
+    if as_json:
         print(json.dumps(fp.to_dict(), indent=2))
         return
     print(
@@ -385,8 +372,41 @@ def run(args: argparse.Namespace) -> None:
         f"{plain(fp.power_watts)} W × PUE {fp.pue:g})"
     )
     print(f"carbon  {fp.tco2eq:,.2f} tCO2eq  (× {fp.carbon_intensity:g} tCO2eq/MWh)")
-    if args.power is None:
+    if power is None:
         print(
-            f"power   {plain(power)} W per GPU, the default: the paper's figure for an "
+            f"power   {plain(watts)} W per GPU, the default: the paper's figure for an "
             "A100-80GB (--power W for other GPUs)"
         )
+
+
+# -- a training run's footprint ----------------------------------------------------------------
+
+
+def record_session(run_dir: Path, steps: tuple[int, int], footprint: Footprint) -> None:
+    """Append one session's footprint to ``RUN/carbon.jsonl`` (a resumed run adds a line)."""
+    with (run_dir / "carbon.jsonl").open("a") as f:
+        f.write(json.dumps({"steps": list(steps), **footprint.to_dict()}) + "\n")
+
+
+def write_run_report(run_dir: Path, model: str, hardware: str, cfg: CarbonConfig) -> Path:
+    """``RUN/carbon.md``: the paper's Table 15 with this run's row (all sessions) added."""
+    lines = (run_dir / "carbon.jsonl").read_text().splitlines()
+    sessions = [json.loads(line) for line in lines]
+    row = {
+        "model": f"{model} ({run_dir.name}, this run)",
+        "gpu": hardware,
+        "power_watts": cfg.power_watts,
+        "gpu_hours": round(sum(s["gpu_hours"] for s in sessions), 4),
+        "mwh": round(sum(s["energy_mwh"] for s in sessions), 6),
+        "tco2eq": round(sum(s["tco2eq"] for s in sessions), 6),
+    }
+    rows = [paper._asdict() for paper in PAPER_TABLE15] + [row]
+    path = run_dir / "carbon.md"
+    files.write_text(
+        path,
+        f"# Carbon footprint (paper §6, Table 15 form)\n\nPUE {cfg.pue}, "
+        f"{cfg.carbon_intensity} tCO2eq/MWh; this run's energy: {sessions[-1]['method']}.\n\n"
+        + to_markdown(rows)
+        + "\n",
+    )
+    return path

@@ -14,12 +14,12 @@ small contract, ``score(texts) -> list[float]``:
     For a Hugging Face sequence-classification model directory, this module is such a
     command (needs ``transformers``)::
 
-        python -m pasture.eval.toxicity hf path/to/roberta_toxicity_classifier
+        pasture toxicity-scorer hf path/to/roberta_toxicity_classifier
 
 How a run picks one (``scorer_from_env``):
 
     PASTURE_PERSPECTIVE_KEY=...  [PASTURE_PERSPECTIVE_URL=...]  [PASTURE_PERSPECTIVE_QPS=1]
-    PASTURE_TOXICITY_COMMAND="python -m pasture.eval.toxicity hf ./toxic-model"
+    PASTURE_TOXICITY_COMMAND="pasture toxicity-scorer hf ./toxic-model"
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from tqdm import tqdm
 
@@ -279,35 +279,22 @@ def hf_toxicity(model_dir: str, texts: Sequence[str], batch_size: int = 32) -> l
     return scores
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pasture.eval.toxicity hf MODEL_DIR``: the CommandScorer protocol on stdio."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pasture.eval.toxicity", description=main.__doc__
-    )
-    sub = parser.add_subparsers(dest="kind", required=True)
-    hf = sub.add_parser("hf", help="a Hugging Face sequence-classification model directory")
-    hf.add_argument("model_dir")
-    hf.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+def score_lines(model_dir: str, stdin: TextIO, stdout: TextIO, batch_size: int = 32) -> None:
+    """The CommandScorer protocol on ``stdin``/``stdout`` with ``hf_toxicity`` (``pasture
+    toxicity-scorer hf MODEL_DIR``); ToxicityError on a line that is not ``{"text": ...}``."""
     texts = []
-    for number, line in enumerate(sys.stdin, start=1):
+    for number, line in enumerate(stdin, start=1):
         if not line.strip():
             continue
         try:
             texts.append(json.loads(line)["text"])
         except (ValueError, KeyError, TypeError):
-            print(f'stdin line {number}: expected {{"text": ...}}', file=sys.stderr)
-            return 2
-    try:
-        scores = hf_toxicity(args.model_dir, texts, args.batch_size)
-    except ToxicityError as e:
-        print(e, file=sys.stderr)
-        return 2
-    sys.stdout.write("".join(json.dumps({"toxicity": s}) + "\n" for s in scores))
-    return 0
+            raise ToxicityError(f'stdin line {number}: expected {{"text": ...}}') from None
+    scores = hf_toxicity(model_dir, texts, batch_size)
+    stdout.write("".join(json.dumps({"toxicity": s}) + "\n" for s in scores))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the earlier spelling of `pasture toxicity-scorer`, still accepted
+    os.execv(
+        sys.executable, [sys.executable, "-m", "pasture.cli", "toxicity-scorer", *sys.argv[1:]]
+    )

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,25 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from ..errors import PastureError
 
 PREFIX = "step-"
+
+
+@dataclass
+class CheckpointConfig:
+    """``[checkpoint]`` of a training config."""
+
+    every: int = 100  # steps between checkpoints (and after the last step)
+    keep: int = 2  # the last K are kept; 0: all
+    # Write in a background thread (DCP async_save) while training goes on; the state is first
+    # copied to CPU memory (model + optimizer: ~12 bytes per parameter shard).
+    async_save: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("every", self.every, 1), ("keep", self.keep, 0)):
+            if value < low:
+                raise PastureError(f"checkpoint.{name} = {value}: must be {low} or more")
+
+    def due(self, done: int, steps: int) -> bool:
+        return done % self.every == 0 or done == steps
 
 
 def _barrier() -> None:

@@ -6,23 +6,20 @@
     pasture train --config configs/train/debug.toml --resume             # continue the latest
 
 The model is built on the meta device, parallelized (``pasture.parallel``: TP → activation
-checkpointing → compile → FSDP), then initialized. Each step accumulates micro-batches until the
-global batch (``batch_tokens``) is reached, clips the gradient norm, and steps AdamW at the
-step's warmup/cosine learning rate. ``RUN/metrics.jsonl`` gets one line per logged step, and
-``RUN/tensorboard/`` the same scalars (``tensorboard --logdir RUN``); ``RUN/config.json`` is the
-resolved config; checkpoints are in ``RUN/checkpoints`` (``checkpoint_async``: written in the
-background). ``[benchmarks]`` scores pasture.eval tasks every N steps into
-``RUN/benchmarks.jsonl`` (the paper's Figure 2; ``pasture plot`` draws it). Several nodes: one
-torchrun per node with the same c10d rendezvous (docs/training.md).
+checkpointing → compile → FSDP), then initialized. Each step (``train_step``) accumulates
+micro-batches until the global batch (``batch_tokens``) is reached, clips the gradient norm, and
+steps AdamW at the step's warmup/cosine learning rate. The run folder gets ``config.json`` (the
+resolved config: ``train.config.RunRecord``), the metrics (``train.metrics``), checkpoints
+(``train.checkpoint``), benchmark scores (``train.benchmarks``) and the carbon footprint
+(``pasture.carbon``). Several nodes: one torchrun per node with the same c10d rendezvous
+(docs/training.md).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,152 +29,25 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh
 from tqdm import tqdm
 
-from .. import files
-from ..carbon.footprint import PAPER_TABLE15, EnergyMeter, to_markdown
-from ..config import to_dict
-from ..data.corpus import default_corpus_files, iter_documents
+from ..carbon.footprint import Footprint, record_session, write_run_report
 from ..data.loader import MixtureLoader
-from ..data.shards import Shard, list_shards, tokenize_documents
-from ..data.tokenizer import Tokenizer, train_tokenizer
+from ..data.prepare import Prepared, Sources, prepare_data
+from ..data.tokenizer import Tokenizer
 from ..errors import PastureError
-from ..eval import EvalSettings, PastureLM
-from ..eval.run import evaluate, missing_files, resolve_tasks
-from ..eval.tasks import TASKS
-from ..model import PRESETS, Transformer, count_parameters, flops_per_token, preset
+from ..eval import EvalSettings
+from ..model import ModelArgs, Transformer, count_parameters, flops_per_token
 from ..parallel.mesh import build_mesh, init_distributed
 from ..parallel.parallelize import parallelize_model
 from . import checkpoint
-from .config import TrainConfig
+from .benchmarks import benchmark_settings, run_benchmarks
+from .config import TrainConfig, write_record
+from .metrics import Metrics
 from .optim import build_optimizer, clip_grad_norm, lr_at
-
-# Dense bf16 peak FLOP/s per device, for MFU when peak_tflops is not set.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def peak_flops(device: torch.device, configured_tflops: float) -> float | None:
-    if configured_tflops > 0:
-        return configured_tflops * 1e12
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_BF16.items():
-            if key in name:
-                return flops
-    return None
-
-
-Sources = dict[str, list[Path]]
-
-
-def _built_shards(folder: Path, mixture: dict[str, float]) -> tuple[Sources, dict[str, float]]:
-    root = folder / "tokens"
-    if not root.is_dir():
-        raise PastureError(f"{root}: no token shards (run `pasture data build` first)")
-    sources = {d.name: list_shards(d) for d in sorted(root.iterdir()) if d.is_dir()}
-    sources = {name: shards for name, shards in sources.items() if shards}
-    if not sources:
-        raise PastureError(f"{root}: no finished shards")
-    weights = mixture or json.loads((folder / "config.json").read_text())["mixture"]
-    return sources, {name: w for name, w in weights.items() if name in sources}
-
-
-def prepare_data(
-    cfg: TrainConfig, run_dir: Path, rank: int
-) -> tuple[Sources, dict[str, float], int, tuple[Sources, dict[str, float]] | None]:
-    """Training shards and weights, the vocabulary size, and the held-out shards (or None)."""
-    if cfg.data.shards:
-        sources, weights = _built_shards(Path(cfg.data.shards), cfg.data.mixture)
-        held_out = None
-        if cfg.data.validation:
-            held_out = _built_shards(Path(cfg.data.validation), cfg.data.mixture)
-        return sources, weights, Shard(next(iter(sources.values()))[0]).vocab_size, held_out
-    # The default corpus: Python's standard library, tokenized once into the run folder;
-    # every 50th file is held out for the validation loss.
-    data_dir = run_dir / "data"
-    prefix, val_prefix = data_dir / "stdlib", data_dir / "stdlib-val"
-    tokenizer_path = data_dir / "tokenizer.model"
-    if cfg.data.tokenizer:
-        tokenizer_path = Path(cfg.data.tokenizer)
-    if rank == 0 and not prefix.with_suffix(".idx").exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        files = default_corpus_files(max_bytes=cfg.data.corpus_bytes)
-        held, kept = files[::50], [f for i, f in enumerate(files) if i % 50]
-        if not tokenizer_path.exists():
-            train_tokenizer(kept, tokenizer_path, vocab_size=cfg.data.vocab_size)
-        tokenizer = Tokenizer.from_file(tokenizer_path)
-        tokenize_documents(iter_documents(held), tokenizer, val_prefix)
-        tokenize_documents(iter_documents(kept), tokenizer, prefix)  # its .idx marks "done"
-    _barrier()
-    held_out = ({"stdlib": [val_prefix]}, {"stdlib": 1.0})
-    return {"stdlib": [prefix]}, {"stdlib": 1.0}, Shard(prefix).vocab_size, held_out
-
-
-def tokenizer_path(cfg: TrainConfig, run_dir: Path) -> Path:
-    """The SentencePiece model the run's tokens were made with."""
-    if cfg.data.tokenizer:
-        return Path(cfg.data.tokenizer)
-    if cfg.data.shards:
-        return Path(cfg.data.shards) / "tokenizer.model"  # `pasture data build` copies it there
-    return run_dir / "data" / "tokenizer.model"
-
-
-def benchmark_settings(cfg: TrainConfig) -> EvalSettings | None:
-    """The benchmarks to run during training, checked before any work: names and files."""
-    bench = cfg.benchmarks
-    if not bench.tasks or bench.every <= 0:
-        return None
-    if cfg.parallel.tp > 1:
-        raise PastureError("benchmarks.tasks: evaluation during training needs parallel.tp = 1")
-    names, unknown = resolve_tasks(bench.tasks)
-    if unknown:
-        raise PastureError(f"benchmarks.tasks: unknown task(s) {', '.join(unknown)}")
-    root = bench.data_dir or os.environ.get("PASTURE_DATA", "")
-    if not root:
-        raise PastureError("benchmarks.data_dir: empty and $PASTURE_DATA is not set")
-    data_dir = Path(root) if bench.data_dir else Path(root) / "eval"
-    settings = EvalSettings(
-        data_dir=data_dir, limit=bench.limit, seed=bench.seed, batch_size=bench.batch_size
-    )
-    for name in names:
-        missing = missing_files(TASKS[name], settings)
-        if missing:
-            raise PastureError(f"benchmarks.tasks: {name}: {data_dir / missing[0]}: missing")
-    return settings
-
-
-def run_benchmarks(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    cfg: TrainConfig,
-    settings: EvalSettings,
-    step: int,
-) -> list[dict[str, Any]]:
-    """Score the benchmarks on the model as it is now; one row per task. Every rank runs the
-    same requests, so the forward passes of a sharded (FSDP) model stay in step."""
-    lm = PastureLM(model, tokenizer, batch_size=settings.batch_size, progress=False)
-    try:
-        outcome = evaluate(lm, cfg.benchmarks.tasks, settings, log=lambda _: None)
-    finally:
-        model.train()
-    if outcome.errors:
-        name, message = next(iter(outcome.errors.items()))
-        raise PastureError(f"benchmarks.tasks: {name}: {message}")
-    return [
-        {
-            "step": step,
-            "tokens": step * cfg.batch_tokens,
-            "task": name,
-            "metric": result.main,
-            "value": result.metrics[result.main],
-            "stderr": result.stderr.get(result.main),
-            "n": len(result.records),
-        }
-        for name, result in outcome.results.items()
-    ]
 
 
 def micro_batch_loss(
@@ -249,31 +119,6 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     return value.item()
 
 
-def write_carbon_report(run_dir: Path, cfg: TrainConfig, device: torch.device) -> Path:
-    """``RUN/carbon.md``: the paper's Table 15 with this run's row (all sessions) added."""
-    sessions = [json.loads(line) for line in (run_dir / "carbon.jsonl").read_text().splitlines()]
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    row = {
-        "model": f"{cfg.model.preset} ({run_dir.name}, this run)",
-        "gpu": hardware,
-        "power_watts": cfg.device_power_watts,
-        "gpu_hours": round(sum(s["gpu_hours"] for s in sessions), 4),
-        "mwh": round(sum(s["energy_mwh"] for s in sessions), 6),
-        "tco2eq": round(sum(s["tco2eq"] for s in sessions), 6),
-    }
-    rows = [paper._asdict() for paper in PAPER_TABLE15] + [row]
-    path = run_dir / "carbon.md"
-    method = sessions[-1]["method"]
-    files.write_text(
-        path,
-        f"# Carbon footprint (paper §6, Table 15 form)\n\nPUE {cfg.pue}, "
-        f"{cfg.carbon_intensity} tCO2eq/MWh; this run's energy: {method}.\n\n"
-        + to_markdown(rows)
-        + "\n",
-    )
-    return path
-
-
 def _device(cfg: TrainConfig, device: torch.device) -> torch.device:
     if not cfg.device:
         return device
@@ -305,7 +150,7 @@ TRAIN_STATE_BYTES = 16  # per parameter: fp32 weights, gradients and AdamW's two
 
 def check_shapes(cfg: TrainConfig, world: int, dp_world: int, device: torch.device) -> None:
     """What can be known wrong before any work: context, divisibility, memory for the state."""
-    args = preset(cfg.model.preset, **_model_overrides(cfg))
+    args = cfg.model.args()
     seq_len = cfg.data.seq_len
     if seq_len > args.max_seq_len:
         raise PastureError(f"data.seq_len {seq_len} exceeds the model's context {args.max_seq_len}")
@@ -331,70 +176,103 @@ def check_shapes(cfg: TrainConfig, world: int, dp_world: int, device: torch.devi
         )
 
 
-def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
-    return {"max_seq_len": cfg.model.max_seq_len} if cfg.model.max_seq_len else {}
-
-
-def _check_tensorboard(cfg: TrainConfig) -> None:
-    if not cfg.tensorboard:
-        return
-    try:
-        import tensorboard  # noqa: F401  (what torch.utils.tensorboard needs)
-    except ImportError:
-        raise PastureError(
-            "tensorboard = true needs the tensorboard package: pip install 'pasture[train]', "
-            "or set tensorboard = false"
-        ) from None
-
-
-def _summary_writer(run_dir: Path, start: int) -> Any:
-    """``RUN/tensorboard/``'s writer. Events at steps after ``start`` from an earlier session
-    (a run killed past its last checkpoint) are dropped by TensorBoard, as later lines win in
-    metrics.jsonl."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start + 1)
-
-
 def train(cfg: TrainConfig, resume: str | bool = False) -> dict[str, Any]:
     """Run (or continue) training; returns the last logged metrics."""
-    if cfg.model.preset not in PRESETS:
-        raise PastureError(f"model.preset: unknown preset {cfg.model.preset!r}")
     lr_at(0, cfg.steps, cfg.optim)  # schedule errors (steps ≤ warmup) before any work
-    _check_tensorboard(cfg)
-    bench_settings = benchmark_settings(cfg)
+    cfg.metrics.check()
+    bench = benchmark_settings(cfg.benchmarks, cfg.parallel.tp)
     rank, world, device = init_distributed()
     device = _device(cfg, device)
     mesh = build_mesh(world, cfg.parallel.tp, device.type)
     dp_world = world if mesh is None else mesh["dp_shard"].size()
     check_shapes(cfg, world, dp_world, device)
-    run_dir = Path(cfg.run_dir)
-    with checkpoint.run_lock(run_dir):  # one training process group per run folder
-        return _train(cfg, resume, bench_settings, rank, world, device, mesh)
+    with checkpoint.run_lock(Path(cfg.run_dir)):  # one training process group per run folder
+        session = _start(cfg, resume, bench, rank, world, device, mesh)
+        return _run(session, cfg, bench)
 
 
-def _train(
+@dataclass
+class Session:
+    """What one (possibly resumed) training session holds."""
+
+    rank: int
+    world: int
+    device: torch.device
+    dp_rank: int
+    dp_world: int
+    run_dir: Path
+    data: Prepared
+    args: ModelArgs
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: MixtureLoader
+    checkpointer: checkpoint.Checkpointer
+    start: int
+    accumulation: int
+    autocast: bool
+    metrics: Metrics
+
+
+def _start(
     cfg: TrainConfig,
     resume: str | bool,
-    bench_settings: EvalSettings | None,
+    bench: EvalSettings | None,
     rank: int,
     world: int,
     device: torch.device,
     mesh: DeviceMesh | None,
-) -> dict[str, Any]:
+) -> Session:
+    """Data, the record of the run, the model (fresh or from a checkpoint), the optimizer."""
     dp_rank, dp_world = rank, world
     if mesh is not None:
         dp_rank, dp_world = mesh["dp_shard"].get_local_rank(), mesh["dp_shard"].size()
     run_dir = Path(cfg.run_dir)
+    data = prepare_data(cfg.data, run_dir, rank)
+    args = cfg.model.args(vocab_size=data.vocab_size)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2))
-    sources, weights, vocab, held_out = prepare_data(cfg, run_dir, rank)
+        resolved = cfg
+        if bench is not None:  # where the benchmark files were found
+            benchmarks = replace(cfg.benchmarks, data_dir=str(bench.data_dir.resolve()))
+            resolved = replace(cfg, benchmarks=benchmarks)
+        write_record(run_dir, resolved, args, data.tokenizer, data.data_dir)
+    model = _build_model(args, mesh, cfg, device)
+    optimizer = build_optimizer(model, cfg.optim)
+    loader = _loader(cfg, data.sources, data.weights, dp_rank, dp_world)
+    checkpointer = checkpoint.Checkpointer(run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save)
+    start = _restore(cfg, run_dir, resume, model, optimizer, loader, rank)
+    metrics = Metrics(
+        run_dir,
+        cfg.metrics,
+        rank=rank,
+        start=start,
+        world=world,
+        device=device,
+        flops_per_token=flops_per_token(args, cfg.data.seq_len),
+    )
+    return Session(
+        rank,
+        world,
+        device,
+        dp_rank,
+        dp_world,
+        run_dir,
+        data,
+        args,
+        model,
+        optimizer,
+        loader,
+        checkpointer,
+        start,
+        accumulation=cfg.batch_tokens // (cfg.micro_batch * cfg.data.seq_len * dp_world),
+        autocast=cfg.parallel.mixed_precision == "bf16" and mesh is None and device.type == "cuda",
+        metrics=metrics,
+    )
 
-    seq_len = cfg.data.seq_len
-    args = preset(cfg.model.preset, vocab_size=vocab, **_model_overrides(cfg))
-    accumulation = cfg.batch_tokens // (cfg.micro_batch * seq_len * dp_world)
 
+def _build_model(
+    args: ModelArgs, mesh: DeviceMesh | None, cfg: TrainConfig, device: torch.device
+) -> torch.nn.Module:
+    """Built on the meta device, parallelized, then initialized (seeded) on ``device``."""
     torch.manual_seed(cfg.seed)
     with torch.device("meta"):
         model = Transformer(args)
@@ -406,140 +284,144 @@ def _train(
         torch.manual_seed(cfg.seed)
         model.init_weights()
     model.train()
-    optimizer = build_optimizer(model, cfg.optim)
-    loader = MixtureLoader(
+    return model
+
+
+def _loader(
+    cfg: TrainConfig, sources: Sources, weights: dict[str, float], dp_rank: int, dp_world: int
+) -> MixtureLoader:
+    return MixtureLoader(
         sources,
         weights,
-        seq_len=seq_len,
+        seq_len=cfg.data.seq_len,
         batch_size=cfg.micro_batch,
         seed=cfg.seed,
         rank=dp_rank,
         world_size=dp_world,
     )
-    checkpointer = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints, cfg.checkpoint_async)
-    start = 0
+
+
+def _restore(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: str | bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: MixtureLoader,
+    rank: int,
+) -> int:
+    """The step to start from: 0, or the resumed checkpoint's (loaded into model, optimizer and
+    loader)."""
     path = checkpoint.resume_point(run_dir, resume)  # decided once, for every rank
     if resume is True and path is None and rank == 0:
         tqdm.write(f"pasture: no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
-    if path is not None:
-        state = checkpoint.load(path, model, optimizer)
-        loader.load_state_dict(state["loader"])
-        start = state["step"]
-        checkpoint.agree_on_progress(start, cfg.steps, state["loader"])
-        if start > cfg.steps:  # every rank, as they agree
-            raise PastureError(f"{path}: step {start} is past steps = {cfg.steps}; raise steps")
+    if path is None:
+        return 0
+    state = checkpoint.load(path, model, optimizer)
+    loader.load_state_dict(state["loader"])
+    start = state["step"]
+    checkpoint.agree_on_progress(start, cfg.steps, state["loader"])
+    if start > cfg.steps:  # every rank, as they agree
+        raise PastureError(f"{path}: step {start} is past steps = {cfg.steps}; raise steps")
+    return start
 
-    autocast = cfg.parallel.mixed_precision == "bf16" and mesh is None and device.type == "cuda"
-    peak = peak_flops(device, cfg.peak_tflops)
-    flops = flops_per_token(args, seq_len)
-    metrics_path = run_dir / "metrics.jsonl"
-    writer = _summary_writer(run_dir, start) if cfg.tensorboard and rank == 0 else None
-    batches = iter(loader)
+
+def _run(s: Session, cfg: TrainConfig, bench: EvalSettings | None) -> dict[str, Any]:
+    """Steps from ``s.start`` to ``cfg.steps``: train, log, validate, benchmark, checkpoint."""
+    batches = iter(s.loader)
     last: dict[str, Any] = {}
-    window_tokens, window_start = 0, time.perf_counter()
     progress = tqdm(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=rank != 0
+        range(s.start, cfg.steps),
+        initial=s.start,
+        total=cfg.steps,
+        desc="train",
+        disable=s.rank != 0,
     )
-    if rank == 0:
+    if s.rank == 0:
         tqdm.write(
-            f"pasture: {cfg.model.preset} {count_parameters(args):,} parameters, "
-            f"{world} rank(s), accumulation {accumulation}, {device}"
+            f"pasture: {cfg.model.preset} {count_parameters(s.args):,} parameters, "
+            f"{s.world} rank(s), accumulation {s.accumulation}, {s.device}"
         )
-    meter = EnergyMeter(
-        power_watts=cfg.device_power_watts,
-        devices=None if device.type == "cuda" else world,
-        pue=cfg.pue,
-        carbon_intensity=cfg.carbon_intensity,
-    )
-    meter.start()
+    meter = cfg.carbon.meter(None if s.device.type == "cuda" else s.world).start()
     for step in progress:
         lr = lr_at(step, cfg.steps, cfg.optim)
-        for group in optimizer.param_groups:
+        for group in s.optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = [
-            (inputs.to(device), targets.to(device))
-            for inputs, targets in (next(batches) for _ in range(accumulation))
-        ]
-        loss_value, grad_norm, stepped = train_step(
-            model, optimizer, micro_batches, cfg.optim.grad_clip, autocast
+        loss, grad_norm, stepped = train_step(
+            s.model, s.optimizer, _micro_batches(s, batches), cfg.optim.grad_clip, s.autocast
         )
         if not stepped:
-            if cfg.nan_policy == "stop":
-                checkpointer.wait()  # a save in flight holds a good (earlier) state
-                good = checkpoint.latest(run_dir)
-                raise PastureError(
-                    f"step {step}: loss {loss_value}, grad norm {grad_norm}; stopped. "
-                    f"Last good checkpoint: {good or 'none'}"
-                )
-            if rank == 0:
-                tqdm.write(f"pasture: step {step}: non-finite loss, batch skipped")
+            _not_finite(s, cfg, step, loss, grad_norm)
             continue
-        checkpointer.poll()
-        window_tokens += cfg.batch_tokens
+        s.checkpointer.poll()
+        s.metrics.count(cfg.batch_tokens)
         done = step + 1
-        evaluate = held_out is not None and cfg.eval_every and done % cfg.eval_every == 0
-        if done % cfg.log_every == 0 or done == cfg.steps or evaluate:
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_tokens / elapsed
-            last = {
-                "step": done,
-                "loss": loss_value,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": done * cfg.batch_tokens,
-                "tokens_per_s": tokens_per_s,
-                "mfu": None if peak is None else flops * tokens_per_s / (peak * world),
-                "val_loss": None,
-                "memory_gb": (
-                    torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-                ),
-            }
-            if evaluate:
-                val_loader = MixtureLoader(
-                    *held_out,
-                    seq_len=seq_len,
-                    batch_size=cfg.micro_batch,
-                    seed=cfg.seed,
-                    rank=dp_rank,
-                    world_size=dp_world,
-                )
-                last["val_loss"] = validation_loss(model, val_loader, cfg.eval_batches, device)
-            if rank == 0:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-                if writer is not None:
-                    for key, value in last.items():
-                        if key != "step" and value is not None:
-                            writer.add_scalar(key, value, done)
-                    writer.flush()
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            window_tokens, window_start = 0, time.perf_counter()
-        if bench_settings is not None and (done % cfg.benchmarks.every == 0 or done == cfg.steps):
-            tokenizer = Tokenizer.from_file(tokenizer_path(cfg, run_dir))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                rows = run_benchmarks(model, tokenizer, cfg, bench_settings, done)
-            if rank == 0:
-                with (run_dir / "benchmarks.jsonl").open("a") as f:
-                    f.writelines(json.dumps(row) + "\n" for row in rows)
-                if writer is not None:
-                    for row in rows:
-                        writer.add_scalar(f"benchmarks/{row['task']}", row["value"], done)
-                    writer.flush()
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            checkpointer.save(done, model, optimizer, {"loader": loader.state_dict()})
-    checkpointer.wait()
+        validate = s.data.held_out is not None and cfg.eval_every and done % cfg.eval_every == 0
+        if s.metrics.due(done, cfg.steps) or validate:
+            tokens = done * cfg.batch_tokens
+            last = s.metrics.record(done, tokens, loss=loss, lr=lr, grad_norm=grad_norm)
+            if validate:
+                last["val_loss"] = _validation_loss(s, cfg)
+            s.metrics.write(last)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if bench is not None and cfg.benchmarks.due(done, cfg.steps):
+            _benchmarks(s, cfg, bench, done)
+        if cfg.checkpoint.due(done, cfg.steps):
+            s.checkpointer.save(done, s.model, s.optimizer, {"loader": s.loader.state_dict()})
+    s.checkpointer.wait()
     _barrier()  # every rank returns with the last checkpoint complete
-    if writer is not None:
-        writer.close()
-    footprint = meter.stop()
-    if rank == 0:
-        carbon = {"steps": [start, cfg.steps], **footprint.to_dict()}
-        with (run_dir / "carbon.jsonl").open("a") as f:  # one line per (resumed) session
-            f.write(json.dumps(carbon) + "\n")
-        write_carbon_report(run_dir, cfg, device)
-        tqdm.write(
-            f"pasture: {footprint.gpu_hours:.4f} device-hours, {footprint.energy_mwh * 1000:.3f} "
-            f"kWh, {footprint.tco2eq * 1000:.3f} kgCO2eq ({footprint.method}); "
-            f"metrics in {metrics_path}"
-        )
+    s.metrics.close()
+    _finish(s, cfg, meter.stop())
     return last
+
+
+def _micro_batches(
+    s: Session, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [
+        (inputs.to(s.device), targets.to(s.device))
+        for inputs, targets in (next(batches) for _ in range(s.accumulation))
+    ]
+
+
+def _not_finite(s: Session, cfg: TrainConfig, step: int, loss: float, grad_norm: float) -> None:
+    """``nan_policy``: stop naming the last good checkpoint, or skip the batch."""
+    if cfg.nan_policy == "stop":
+        s.checkpointer.wait()  # a save in flight holds a good (earlier) state
+        good = checkpoint.latest(s.run_dir)
+        raise PastureError(
+            f"step {step}: loss {loss}, grad norm {grad_norm}; stopped. "
+            f"Last good checkpoint: {good or 'none'}"
+        )
+    if s.rank == 0:
+        tqdm.write(f"pasture: step {step}: non-finite loss, batch skipped")
+
+
+def _validation_loss(s: Session, cfg: TrainConfig) -> float:
+    assert s.data.held_out is not None
+    loader = _loader(cfg, *s.data.held_out, s.dp_rank, s.dp_world)
+    return validation_loss(s.model, loader, cfg.eval_batches, s.device)
+
+
+def _benchmarks(s: Session, cfg: TrainConfig, bench: EvalSettings, done: int) -> None:
+    tokenizer = Tokenizer.from_file(s.data.tokenizer)
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+        rows = run_benchmarks(
+            s.model, tokenizer, cfg.benchmarks.tasks, bench, done, done * cfg.batch_tokens
+        )
+    s.metrics.write_benchmarks(rows, done)
+
+
+def _finish(s: Session, cfg: TrainConfig, footprint: Footprint) -> None:
+    """Rank 0: the session's energy and carbon into ``RUN/carbon.jsonl`` and ``carbon.md``."""
+    if s.rank != 0:
+        return
+    record_session(s.run_dir, (s.start, cfg.steps), footprint)
+    cuda = s.device.type == "cuda"
+    hardware = torch.cuda.get_device_name(s.device) if cuda else s.device.type
+    write_run_report(s.run_dir, cfg.model.preset, hardware, cfg.carbon)
+    tqdm.write(
+        f"pasture: {footprint.gpu_hours:.4f} device-hours, {footprint.energy_mwh * 1000:.3f} "
+        f"kWh, {footprint.tco2eq * 1000:.3f} kgCO2eq ({footprint.method}); "
+        f"metrics in {s.metrics.path}"
+    )
