@@ -1,0 +1,304 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over one ``Engine``.
+
+    pasture serve --checkpoint stories260K.bin --tokenizer tok512.model   # 127.0.0.1:8000
+
+    app = build_app(model, tokenizer, "stories260K")         # in Python: any ASGI server
+    with ServerThread(app) as server:                         # uvicorn on a free loopback port
+        openai.OpenAI(base_url=server.url + "/v1", api_key="none").completions.create(...)
+
+Routes: ``/v1/completions`` and ``/v1/chat/completions`` (JSON or server-sent events),
+``/v1/models``, ``/health``, ``/metrics`` (Prometheus text), and the chat page at ``/``.
+With an API key every ``/v1`` route wants ``Authorization: Bearer KEY`` (401 otherwise); the
+page, ``/health`` and ``/metrics`` stay open. A client that disconnects cancels its generation
+at the engine's next step, whether it was streaming, waiting for JSON, or still queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import PastureError
+from ..finetune.template import DEFAULT_TEMPLATE, encode_chat, find_template, load_template
+from ..generate.engine import Engine
+from ..generate.engine import Request as EngineRequest
+from ..generate.generate import TokenizerLike
+from ..model import Transformer
+from .metrics import Metrics
+from .protocol import ApiError, ChunkWriter, Parsed, new_id, parse, response
+
+CHAT_PAGE = "static/chat.html"
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _cancel_on_disconnect(http: Request, request: EngineRequest) -> None:
+    """Wait for the client to go away (the body is already read), then cancel."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            request.cancel()
+            return
+
+
+def build_app(
+    model: Transformer,
+    tokenizer: TokenizerLike,
+    model_name: str,
+    *,
+    chat_template: str = DEFAULT_TEMPLATE,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+    prefill_chunk: int = 128,
+) -> FastAPI:
+    """The server for one model. The engine thread starts now and stops at the app's
+    shutdown (``app.state.engine``); ``chat_template`` is a Jinja2 chat template (the model's
+    own; ``finetune.template.DEFAULT_TEMPLATE``, Alpaca's headers, when it has none)."""
+    metrics = Metrics()
+    engine = Engine(model, tokenizer, max_batch, max_seq_len, prefill_chunk, metrics.finished)
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(title="Pasture", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    def encode_text(text: str) -> list[int]:
+        return tokenizer.encode(text, bos=True)
+
+    def encode_messages(messages: Sequence[dict[str, str]]) -> list[int]:
+        try:
+            return encode_chat(tokenizer, chat_template, messages, True)[0]
+        except PastureError as e:
+            raise ApiError(str(e), param="messages") from None
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        metrics.refuse(e.status)
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        metrics.refuse(e.status_code)
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(str(e.detail), e.status_code, kind=kind).body(), e.status_code)
+
+    def authorize(http: Request) -> None:
+        if api_key is None:
+            return
+        given = http.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.encode(), api_key.encode()
+        ):
+            raise ApiError(
+                "Incorrect API key provided: send Authorization: Bearer <the server's --api-key>",
+                status=401,
+                code="invalid_api_key",
+            )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse((files("pasture.serve") / CHAT_PAGE).read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(http: Request) -> dict[str, Any]:
+        authorize(http)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(started),
+                    "owned_by": "pasture",
+                    "max_model_len": engine.max_seq_len,
+                }
+            ],
+        }
+
+    async def generate(http: Request, chat: bool) -> Any:
+        authorize(http)
+        try:
+            body = await http.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError("the request body is not valid JSON") from None
+        parsed = parse(body, chat, model_name, encode_text, encode_messages)
+        param = "messages" if chat else "prompt"
+        n = len(parsed.prompt)
+        if n >= engine.max_seq_len:
+            raise ApiError(
+                f"this model's maximum context length is {engine.max_seq_len} tokens; the "
+                f"prompt has {n}: shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+        if not parsed.max_tokens_given:  # chat without max_tokens: up to the context's end
+            params = dataclasses.replace(parsed.params, max_tokens=engine.max_seq_len - n)
+            parsed = dataclasses.replace(parsed, params=params)
+        try:
+            engine.check_prompt(parsed.prompt, parsed.params.max_tokens)
+            request = engine.submit(parsed.prompt, parsed.params, "chat" if chat else "completions")
+        except PastureError as e:
+            raise ApiError(str(e), param=param, code="context_length_exceeded") from None
+        rid = new_id(chat)
+        if parsed.stream:
+            return StreamingResponse(
+                _events(http, request, parsed, rid),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
+        try:
+            deltas = [delta async for delta in request.stream()]
+        finally:
+            watcher.cancel()
+            request.cancel()
+        finish = deltas[-1].finish_reason
+        if finish == "error":
+            error = ApiError(f"generation failed: {request.error}", 500, kind="server_error")
+            return JSONResponse(error.body(), status_code=500)
+        text = "".join(d.text for d in deltas)
+        entries = [e for d in deltas for e in d.logprobs]
+        finish = "stop" if finish == "cancelled" else finish
+        return response(parsed, rid, model_name, text, entries, finish, request.usage)
+
+    async def _events(
+        http: Request, request: EngineRequest, parsed: Parsed, rid: str
+    ) -> AsyncIterator[str]:
+        watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
+        try:
+            writer = ChunkWriter(parsed, rid, model_name)
+            first = writer.first()
+            if first is not None:
+                yield _sse(first)
+            async for delta in request.stream():
+                if delta.finish_reason == "error":
+                    message = f"generation failed: {request.error}"
+                    yield _sse(ApiError(message, 500, kind="server_error").body())
+                    break
+                chunk = writer.delta(delta)
+                if chunk is not None:
+                    yield _sse(chunk)
+            else:
+                if parsed.include_usage:
+                    yield _sse(writer.usage(request.usage))
+            yield "data: [DONE]\n\n"
+        finally:
+            watcher.cancel()
+            request.cancel()
+
+    @app.post("/v1/completions")
+    async def completions(http: Request) -> Any:
+        return await generate(http, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: Request) -> Any:
+        return await generate(http, chat=True)
+
+    return app
+
+
+class ServerThread:
+    """uvicorn serving ``app`` in a background thread on ``host``:``port`` (0: a free port),
+    for tests and benchmarks: ``with ServerThread(app) as s: ... s.url``."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def serve(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    *,
+    tokenizer: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    model_name: str | None = None,
+    chat_template: str | Path | None = None,
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+    log_level: str = "info",
+) -> None:
+    """Load ``checkpoint`` (any format ``pasture.load_model`` reads) and serve it until
+    interrupted. The chat template: ``chat_template`` (a .jinja file or a tokenizer_config.json),
+    else ``chat_template.jinja`` beside the checkpoint, else Alpaca's headers. The model is
+    named after the checkpoint's file or folder unless ``model_name`` says otherwise."""
+    from .. import load_model
+
+    path = Path(checkpoint)
+    model, tok = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype)
+    if tok is None:
+        raise PastureError(f"{path}: no tokenizer in the checkpoint; pass --tokenizer FILE")
+    template = (
+        load_template(chat_template) if chat_template else find_template(path) or DEFAULT_TEMPLATE
+    )
+    name = model_name or (path.name if path.is_dir() else path.stem)
+    app = build_app(
+        model,
+        tok,
+        name,
+        chat_template=template,
+        api_key=api_key,
+        max_batch=max_batch,
+        max_seq_len=max_seq_len,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
