@@ -1,0 +1,193 @@
+"""``pasture finetune``: instruction tuning (LLaMA-I, paper §4) of a checkpoint in any format
+Pasture reads, LoRA or full, into a checkpoint in any format with its chat template beside it.
+
+    pasture finetune --config configs/finetune/demo.toml --checkpoint runs/demo/hf
+    pasture finetune --config configs/finetune/demo.toml --checkpoint model.gguf \\
+        --set method=full --set optim.lr=2e-5
+
+One process (CPU or one GPU). Each step takes ``grad_accum`` micro-batches of ``rows`` rows of
+``seq_len`` inputs (examples packed several per row unless ``packed = false``), a loss per
+response token over the whole step (``finetune.loss``), clipping, and AdamW at the
+warmup + cosine rate of ``train.optim``. ``RUN/metrics.jsonl`` gets a line per logged step;
+``RUN/summary.json`` the held-out response loss before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import files, interop
+from ..config import to_dict
+from ..data.tokenizer import Tokenizer
+from ..errors import PastureError
+from ..generate import generate_tokens
+from ..interop import Checkpoint
+from ..model import Transformer
+from ..train.optim import build_optimizer, lr_at
+from .config import FinetuneConfig
+from .data import Example, read_examples
+from .lora import apply_lora, remove_lora
+from .loss import finetune_step, response_loss
+from .packing import Batch, TokenSequence, batches, collate, pack, tokenize
+from .template import encode_chat, load_template, save_template
+
+
+def load_sequences(
+    paths: Sequence[str | Path], tokenizer: Tokenizer, template: str, cfg: FinetuneConfig
+) -> list[TokenSequence]:
+    """Every example of ``paths`` tokenized and truncated to a row; examples left with no
+    response token (a prompt longer than ``seq_len``) are dropped."""
+    examples: list[Example] = [ex for path in paths for ex in read_examples(path)]
+    sequences = [
+        tokenize(tokenizer, template, ex.messages, cfg.seq_len + 1, cfg.train_on_prompt)
+        for ex in examples
+    ]
+    kept = [s for s in sequences if s.trained > 0]
+    if not kept:
+        raise PastureError(f"{paths[0]}: no example has a response within seq_len {cfg.seq_len}")
+    return kept
+
+
+def training_batches(
+    sequences: Sequence[TokenSequence], cfg: FinetuneConfig, epoch: int = 0
+) -> Iterator[Batch]:
+    """Micro-batches forever: each epoch a fresh order (seeded by ``cfg.seed`` and the epoch),
+    packed into rows, ``cfg.rows`` rows per micro-batch."""
+    while True:
+        order = list(range(len(sequences)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        shuffled = [sequences[i] for i in order]
+        rows = pack(shuffled, cfg.seq_len) if cfg.packed else [[i] for i in range(len(order))]
+        for start in range(0, len(rows) - cfg.rows + 1, cfg.rows):
+            chunk = rows[start : start + cfg.rows]
+            yield collate([[shuffled[i] for i in row] for row in chunk], cfg.seq_len)
+        if len(rows) < cfg.rows:
+            yield collate([[shuffled[i] for i in row] for row in rows], cfg.seq_len)
+        epoch += 1
+
+
+def prepare_model(ckpt: Checkpoint, cfg: FinetuneConfig, device: torch.device) -> Transformer:
+    """The checkpoint's model in float32 on ``device``, in training mode, with LoRA adapters
+    when ``cfg.method`` is lora (only they train)."""
+    model = ckpt.to_model(device, torch.float32).train()
+    if cfg.method == "lora":
+        apply_lora(model, cfg.lora)
+    return model
+
+
+@torch.no_grad()
+def answer(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    template: str,
+    messages: Sequence[dict[str, str]],
+    max_new_tokens: int = 64,
+) -> str:
+    """The model's greedy answer to a chat, through the template (stops at EOS)."""
+    prompt, _ = encode_chat(tokenizer, template, messages, add_generation_prompt=True)
+    was_training = model.training
+    model.eval()
+    (new,) = generate_tokens(
+        model, [prompt], max_new_tokens, stop_ids=(tokenizer.eos_id,), decode_layout=False
+    )
+    model.train(was_training)
+    return tokenizer.decode(new)
+
+
+def export_model(
+    model: Transformer, tokenizer: Tokenizer, template: str, out: Path, fmt: str
+) -> Path:
+    """Merge LoRA adapters (if any) into the weights, write ``out`` in ``fmt`` and the chat
+    template beside it (``chat_template.jinja``: in the folder, or beside a single file)."""
+    remove_lora(model)
+    interop.save(Checkpoint.from_model(model, tokenizer), out, fmt, force=False)
+    save_template(out if out.is_dir() else out.parent, template)
+    return out
+
+
+def _device(cfg: FinetuneConfig) -> torch.device:
+    if cfg.device:
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise PastureError(f"device = {cfg.device!r}: no CUDA device here")
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def finetune(cfg: FinetuneConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Finetune ``checkpoint`` as ``cfg`` says; returns the run's summary (also in
+    ``RUN/summary.json``)."""
+    run_dir = Path(cfg.run_dir)
+    out = Path(cfg.out) if cfg.out else run_dir / "model"
+    interop.check_destination(out, cfg.out_format)  # refuse before any work
+    template = load_template(cfg.template or None)
+    ckpt = interop.load(checkpoint, cfg.tokenizer or None)
+    if ckpt.tokenizer is None:
+        raise PastureError(f"{checkpoint}: no tokenizer in the checkpoint: set tokenizer = PATH")
+    tokenizer = ckpt.tokenizer
+    train = load_sequences(cfg.data, tokenizer, template, cfg)
+    held_out = load_sequences(cfg.eval_data, tokenizer, template, cfg) if cfg.eval_data else []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg)
+    model = prepare_model(ckpt, cfg, device)
+    optimizer = build_optimizer(model, cfg.optim)
+    eval_batches = [b.to(device) for b in batches(held_out, cfg.seq_len, cfg.rows)]
+
+    def held_out_loss() -> float | None:
+        if not eval_batches:
+            return None
+        model.eval()
+        loss = response_loss(model, eval_batches)
+        model.train()
+        return loss
+
+    summary: dict[str, Any] = {"examples": len(train), "held_out": len(held_out)}
+    summary["loss_before"] = held_out_loss()
+    stream = training_batches(train, cfg)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    trained, start = 0, time.perf_counter()
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.optim)
+        micro = [next(stream).to(device) for _ in range(cfg.grad_accum)]
+        loss, grad_norm, stepped = finetune_step(
+            model, optimizer, micro, cfg.optim.grad_clip, cfg.autocast
+        )
+        if not stepped:
+            raise PastureError(f"step {step}: the loss or gradient is not finite; lower optim.lr")
+        trained += sum(b.trained_tokens for b in micro)
+        last = step == cfg.steps - 1
+        record: dict[str, Any] = {"step": step + 1, "loss": loss, "grad_norm": grad_norm}
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+            record["held_out_loss"] = held_out_loss()
+        if (step + 1) % cfg.log_every == 0 or last or "held_out_loss" in record:
+            record["lr"] = lr_at(step, cfg.steps, cfg.optim)
+            record["trained_tokens_per_s"] = trained / (time.perf_counter() - start)
+            with metrics.open("a") as f:  # an appended log, like pretraining's
+                f.write(json.dumps(record) + "\n")
+    summary["seconds"] = time.perf_counter() - start
+    summary["trained_tokens"] = trained
+    summary["loss_after"] = held_out_loss()
+    summary["out"] = str(export_model(model, tokenizer, template, out, cfg.out_format))
+    files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+__all__ = [
+    "answer",
+    "export_model",
+    "finetune",
+    "load_sequences",
+    "prepare_model",
+    "training_batches",
+]

@@ -1,0 +1,135 @@
+"""pasture finetune end to end: config checks, a LoRA run whose export changes only the
+targeted weights and carries its chat template, and learning on the synthetic set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pasture import interop
+from pasture.data.tokenizer import Tokenizer
+from pasture.errors import PastureError
+from pasture.finetune.config import load_finetune_config
+from pasture.finetune.run import answer, finetune
+from pasture.finetune.synthetic import synthetic_records, write_jsonl
+from pasture.finetune.template import DEFAULT_TEMPLATE, TEMPLATE_FILE, find_template
+from pasture.interop import Checkpoint
+from pasture.model import ModelArgs, Transformer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_config_keys_are_checked(tmp_path: Path) -> None:
+    cfg = load_finetune_config(REPO / "configs" / "finetune" / "demo.toml")
+    assert cfg.method == "lora" and cfg.lora.rank == 16 and cfg.optim.warmup_steps == 10
+    with pytest.raises(PastureError, match="unknown key 'lerning_rate'"):
+        load_finetune_config(None, ["data=['a.jsonl']", "lerning_rate=1"])
+    with pytest.raises(PastureError, match="method = 'qlora'"):
+        load_finetune_config(None, ["data=['a.jsonl']", "method=qlora"])
+    with pytest.raises(PastureError, match="data: name at least one"):
+        load_finetune_config(None, [])
+    # A partial [optim] keeps finetuning's short warmup, not pretraining's 2,000 steps.
+    cfg = load_finetune_config(None, ["data=['a.jsonl']", "optim.lr=0.01"])
+    assert cfg.optim.lr == 0.01 and cfg.optim.warmup_steps == 10
+
+
+def _tiny_checkpoint(tmp_path: Path, tokenizer: Tokenizer) -> Path:
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tokenizer.vocab_size)
+    model = Transformer(args)
+    model.init_weights(seed=0)
+    path = tmp_path / "base"
+    interop.save(Checkpoint.from_model(model, tokenizer), path, "meta")
+    return path
+
+
+def test_lora_run_exports_merged_weights_and_the_template(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
+    base = _tiny_checkpoint(tmp_path, tokenizer)
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_records(24, seed=0))
+    held = write_jsonl(tmp_path / "held.jsonl", synthetic_records(8, seed=1))
+    cfg = load_finetune_config(
+        None,
+        [
+            f"data=['{train}']",
+            f"eval_data=['{held}']",
+            "steps=3",
+            "seq_len=128",
+            "rows=2",
+            "log_every=1",
+            "optim.lr=0.01",
+            "optim.warmup_steps=1",
+            "lora.targets=['wq', 'w2']",
+            f"run_dir='{tmp_path / 'run'}'",
+        ],
+    )
+    summary = finetune(cfg, base)
+    out = Path(summary["out"])
+    assert out == tmp_path / "run" / "model" and (out / TEMPLATE_FILE).is_file()
+    assert find_template(out) == DEFAULT_TEMPLATE
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert summary["loss_before"] > 0 and summary["loss_after"] > 0
+    before = interop.load(base).state_dict
+    after = interop.load(out).state_dict
+    assert set(after) == set(before)
+    for key, tensor in after.items():
+        targeted = key.endswith(("attention.wq.weight", "feed_forward.w2.weight"))
+        assert torch.equal(tensor, before[key]) != targeted, key
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: with tiny matrices more threads only contend (3x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_finetuning_learns_the_reverse_task(
+    tmp_path: Path, shared_data: Path, one_thread: None
+) -> None:
+    """llama2.c's stories260K (trained on TinyStories, never on instructions) learns to reverse
+    words through the default template: held-out response loss down by far more than 20%,
+    held-out exact match from 0 to >= 90%."""
+    models = shared_data / "models" / "stories260K"
+    tokenizer = Tokenizer.from_file(models / "tok512.model")
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_records(600, 0, ["reverse"]))
+    held_records = synthetic_records(20, 1, ["reverse"])
+    held = write_jsonl(tmp_path / "held.jsonl", held_records)
+
+    def exact_match(model: Transformer) -> float:
+        hits = 0
+        for r in held_records:
+            chat = [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}]
+            hits += answer(model, tokenizer, DEFAULT_TEMPLATE, chat, 12).strip() == r["output"]
+        return hits / len(held_records)
+
+    base = interop.load(models / "stories260K.bin", tokenizer)
+    assert exact_match(base.to_model(dtype=torch.float32)) <= 0.05
+    cfg = load_finetune_config(
+        None,
+        [
+            f"data=['{train}']",
+            f"eval_data=['{held}']",
+            f"tokenizer='{models / 'tok512.model'}'",
+            "method=full",
+            "steps=80",
+            "seq_len=256",
+            "rows=4",
+            "optim.lr=0.004",
+            "optim.warmup_steps=5",
+            "out_format=meta",
+            f"run_dir='{tmp_path / 'run'}'",
+        ],
+    )
+    summary = finetune(cfg, models / "stories260K.bin")
+    assert summary["loss_after"] <= 0.8 * summary["loss_before"]
+    tuned = interop.load(summary["out"], tokenizer).to_model(dtype=torch.float32)
+    assert exact_match(tuned) >= 0.9
