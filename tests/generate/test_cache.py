@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pasture.errors import PastureError
 from pasture.generate import DecodeCache, StaticCache
 from pasture.model import ModelArgs, Transformer
 
@@ -160,3 +161,11 @@ def test_decode_cache_matches_the_full_forward() -> None:
     assert all(isinstance(c, DecodeCache) for c in caches)
     assert full.abs().max() > 1.0
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_a_static_cache_memory_cannot_hold_is_refused_before_allocating() -> None:
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=VOCAB, max_seq_len=2**24)
+    model = Transformer(args)  # claims 16M positions: 4096 rows of them are ~64 TiB
+    with pytest.raises(PastureError, match="GiB for the KV cache.*lower batch_size or max_seq_len"):
+        StaticCache(model, batch_size=4096)
+    assert all(layer.attention.cache is None for layer in model.layers)

@@ -32,10 +32,55 @@ graphs). Positions are checked (0 <= p < max_seq_len) in eager mode only.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from ..errors import PastureError
 from ..model import KVCache, Transformer
 from ..model.llama import attention
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take on ``device`` (None: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(
+    model: Transformer,
+    batch: int,
+    positions: int,
+    fix: str = "lower max_new_tokens (or the number of prompts)",
+) -> None:
+    """Refuse, before allocating, a KV cache (plus token buffers) that memory cannot hold.
+
+    A config can claim a context of millions of positions; the cache is allocated for the
+    positions a request can reach, so a large ``max_new_tokens`` must fit in memory. ``fix``
+    ends the error line: what the user can lower.
+    """
+    args, weight = model.args, model.tok_embeddings.weight
+    kv = 2 * args.n_layers * batch * positions * args.kv_heads * args.head_dim
+    needed = kv * weight.element_size() + 9 * batch * positions  # + token ids and prompt mask
+    available = _available_bytes(weight.device)
+    if available is not None and needed > available:
+        raise PastureError(
+            f"{batch} row(s) × {positions:,} positions need {needed / 2**30:,.1f} GiB for the "
+            f"KV cache; {available / 2**30:,.1f} GiB is available on {weight.device}: {fix}"
+        )
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -131,6 +176,7 @@ class StaticCache:
             raise ValueError(f"batch_size {batch_size} must be at least 1")
         self.model, self.batch_size = model, batch_size
         self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+        check_memory(model, batch_size, self.max_seq_len, "lower batch_size or max_seq_len")
         self.layers: list[RowCache] = model.setup_cache(batch_size, self.max_seq_len, RowCache)
         self.layers[0].check = True
         # Compiled steps index the rotary table as it is: build it for every reachable position.

@@ -12,7 +12,6 @@ prompt token instead of the sampled one. Positions stay shared, so no padding ma
 from __future__ import annotations
 
 import operator
-import os
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..errors import PastureError
 from ..model import Transformer
-from .cache import DecodeCache
+from .cache import DecodeCache, check_memory
 from .sampling import sample
 
 
@@ -45,43 +44,6 @@ def use_decode_layout(model: nn.Module) -> None:
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.weight.stride(-1) == 1:
                 module.weight.data = module.weight.data.t().contiguous().t()
-
-
-def _available_bytes(device: torch.device) -> int | None:
-    """Memory a new allocation can take on ``device`` (None: unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(model: Transformer, batch: int, positions: int) -> None:
-    """Refuse, before allocating, a KV cache (plus token buffers) that memory cannot hold.
-
-    A config can claim a context of millions of positions; the cache is allocated for the
-    positions a request can reach, so a large ``max_new_tokens`` must fit in memory.
-    """
-    args, weight = model.args, model.tok_embeddings.weight
-    kv = 2 * args.n_layers * batch * positions * args.kv_heads * args.head_dim
-    needed = kv * weight.element_size() + 9 * batch * positions  # + token ids and prompt mask
-    available = _available_bytes(weight.device)
-    if available is not None and needed > available:
-        raise PastureError(
-            f"{batch} prompt(s) × {positions:,} positions need {needed / 2**30:,.1f} GiB for the "
-            f"KV cache; {available / 2**30:,.1f} GiB is available on {weight.device}: "
-            "lower max_new_tokens (or the number of prompts)"
-        )
 
 
 @torch.inference_mode()
