@@ -4,6 +4,7 @@ targeted weights and carries its chat template, and learning on the synthetic se
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,46 @@ def test_lora_run_exports_merged_weights_and_the_template(
     for key, tensor in after.items():
         targeted = key.endswith(("attention.wq.weight", "feed_forward.w2.weight"))
         assert torch.equal(tensor, before[key]) != targeted, key
+
+
+def test_resume_is_bit_identical(tmp_path: Path, shared_data: Path) -> None:
+    """A run resumed from its step-3 checkpoint (what a run killed after step 3 leaves) ends with
+    the very weights and losses of the run never stopped: LoRA dropout (the RNG), AdamW's
+    moments, the learning-rate schedule and the data position all restored."""
+    tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
+    base = _tiny_checkpoint(tmp_path, tokenizer)
+    train = write_jsonl(tmp_path / "train.jsonl", synthetic_records(16, seed=0))
+
+    def run(name: str) -> list[str]:
+        return [
+            f"data=['{train}']",
+            "steps=6",
+            "seq_len=96",
+            "rows=2",
+            "grad_accum=2",
+            "log_every=1",
+            "lora.dropout=0.1",
+            "optim.warmup_steps=2",
+            "checkpoint.every=3",
+            "checkpoint.keep=0",
+            f"run_dir='{tmp_path / name}'",
+        ]
+
+    finetune(load_finetune_config(None, run("whole")), base)
+    step3 = tmp_path / "whole" / "checkpoints" / "step-00000003"
+    shutil.copytree(step3, tmp_path / "resumed" / "checkpoints" / step3.name)
+    finetune(load_finetune_config(None, run("resumed")), base, resume=True)
+
+    def losses(name: str) -> list[tuple[int, float]]:
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+    assert losses("resumed") == losses("whole")[3:]
+    whole = interop.load(tmp_path / "whole" / "model").state_dict
+    resumed = interop.load(tmp_path / "resumed" / "model").state_dict
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    first = interop.load(base).state_dict
+    assert not all(torch.equal(whole[k], first[k]) for k in whole)  # it did train
 
 
 @pytest.fixture

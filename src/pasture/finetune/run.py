@@ -30,6 +30,7 @@ from ..errors import PastureError
 from ..generate import generate_tokens
 from ..interop import Checkpoint
 from ..model import Transformer
+from ..train import checkpoint as train_checkpoint
 from ..train.optim import build_optimizer, lr_at
 from .config import FinetuneConfig
 from .data import Example, read_examples
@@ -56,20 +57,26 @@ def load_sequences(
 
 
 def training_batches(
-    sequences: Sequence[TokenSequence], cfg: FinetuneConfig, epoch: int = 0
+    sequences: Sequence[TokenSequence], cfg: FinetuneConfig, skip: int = 0
 ) -> Iterator[Batch]:
     """Micro-batches forever: each epoch a fresh order (seeded by ``cfg.seed`` and the epoch),
-    packed into rows, ``cfg.rows`` rows per micro-batch."""
+    packed into rows, ``cfg.rows`` rows per micro-batch (an epoch's last partial one dropped,
+    unless it is the only one). The first ``skip`` are passed over without being built: the
+    stream's whole state is how many micro-batches were taken, so a resumed run continues
+    exactly where the checkpoint left it."""
+    epoch = 0
     while True:
         order = list(range(len(sequences)))
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         shuffled = [sequences[i] for i in order]
         rows = pack(shuffled, cfg.seq_len) if cfg.packed else [[i] for i in range(len(order))]
-        for start in range(0, len(rows) - cfg.rows + 1, cfg.rows):
+        starts = range(0, max(len(rows) - cfg.rows + 1, 1), cfg.rows)
+        for start in starts:
+            if skip:
+                skip -= 1
+                continue
             chunk = rows[start : start + cfg.rows]
             yield collate([[shuffled[i] for i in row] for row in chunk], cfg.seq_len)
-        if len(rows) < cfg.rows:
-            yield collate([[shuffled[i] for i in row] for row in rows], cfg.seq_len)
         epoch += 1
 
 
@@ -120,9 +127,17 @@ def _device(cfg: FinetuneConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def finetune(cfg: FinetuneConfig, checkpoint: str | Path) -> dict[str, Any]:
+def finetune(
+    cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool = False
+) -> dict[str, Any]:
     """Finetune ``checkpoint`` as ``cfg`` says; returns the run's summary (also in
-    ``RUN/summary.json``)."""
+    ``RUN/summary.json``). ``resume``: True continues from the latest checkpoint in
+    ``RUN/checkpoints`` (bit-identical to a run never stopped), a path from that one."""
+    with train_checkpoint.run_lock(Path(cfg.run_dir)):
+        return _finetune(cfg, checkpoint, resume)
+
+
+def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     out = Path(cfg.out) if cfg.out else run_dir / "model"
     interop.check_destination(out, cfg.out_format)  # refuse before any work
@@ -151,12 +166,23 @@ def finetune(cfg: FinetuneConfig, checkpoint: str | Path) -> dict[str, Any]:
         return loss
 
     summary: dict[str, Any] = {"examples": len(train), "held_out": len(held_out)}
-    summary["loss_before"] = held_out_loss()
-    stream = training_batches(train, cfg)
     metrics = run_dir / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    first = 0
+    path = train_checkpoint.resume_point(run_dir, resume)
+    if path is None:
+        metrics.unlink(missing_ok=True)
+        summary["loss_before"] = held_out_loss()
+    else:
+        state = train_checkpoint.load(path, model, optimizer)
+        first, summary["loss_before"] = state["step"], state.get("loss_before")
+        if first > cfg.steps:
+            raise PastureError(f"{path}: step {first} is past steps = {cfg.steps}; raise steps")
+    checkpointer = train_checkpoint.Checkpointer(
+        run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save
+    )
+    stream = training_batches(train, cfg, skip=first * cfg.grad_accum)
     trained, start = 0, time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.optim)
         micro = [next(stream).to(device) for _ in range(cfg.grad_accum)]
@@ -175,6 +201,11 @@ def finetune(cfg: FinetuneConfig, checkpoint: str | Path) -> dict[str, Any]:
             record["trained_tokens_per_s"] = trained / (time.perf_counter() - start)
             with metrics.open("a") as f:  # an appended log, like pretraining's
                 f.write(json.dumps(record) + "\n")
+        if cfg.checkpoint.due(step + 1, cfg.steps):
+            loader = {"micro_batches": (step + 1) * cfg.grad_accum}
+            train_state = {"loader": loader, "loss_before": summary["loss_before"]}
+            checkpointer.save(step + 1, model, optimizer, train_state)
+    checkpointer.wait()
     summary["seconds"] = time.perf_counter() - start
     summary["trained_tokens"] = trained
     summary["loss_after"] = held_out_loss()
