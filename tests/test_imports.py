@@ -150,14 +150,7 @@ def test_importing_a_part_loads_only_what_it_may_import() -> None:
 
 
 # Modules that still import pasture by its absolute name (to be made relative, issue 11.4).
-ABSOLUTE_PENDING = {
-    "data/corpus.py",
-    "data/loader.py",
-    "data/shards.py",
-    "data/tokenizer.py",
-    "parallel/mesh.py",
-    "parallel/parallelize.py",
-}
+ABSOLUTE_PENDING: set[str] = set()
 
 
 def test_one_style_of_imports_relative() -> None:

@@ -24,6 +24,7 @@ from .model import ModelArgs, Transformer, preset
 if TYPE_CHECKING:
     from .data.tokenizer import Tokenizer
     from .interop import Checkpoint
+    from .model.quant import QuantConfig
 
 __version__ = "0.1.0"
 
@@ -33,12 +34,13 @@ def load_model(
     tokenizer: str | Path | Tokenizer | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    quantize: QuantConfig | None = None,
 ) -> tuple[Transformer, Tokenizer | None]:
-    """A ready-to-run model (eval mode) and its tokenizer from a checkpoint in any format."""
-    from .interop import load
+    """A ready-to-run model (eval mode) and its tokenizer from a checkpoint in any format,
+    read onto ``device`` tensor by tensor where the format allows (``interop.loading``)."""
+    from .interop.loading import load_model as load
 
-    ckpt = load(path, tokenizer=tokenizer)
-    return ckpt.to_model(device=device, dtype=dtype), ckpt.tokenizer
+    return load(path, device, dtype, tokenizer=tokenizer, quantize=quantize)
 
 
 def __getattr__(name: str) -> object:

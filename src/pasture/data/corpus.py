@@ -15,7 +15,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pasture.errors import PastureError
+from ..errors import PastureError
 
 # Third-party packages are not the standard library; test suites and the codec tables in
 # `encodings` are mostly generated data (byte tables, fixtures) rather than text.

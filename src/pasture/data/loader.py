@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pasture.data.shards import Shard
-from pasture.errors import PastureError
+from ..errors import PastureError
+from .shards import Shard
 
 # Paper Table 1: sampling proportion of each pretraining source.
 LLAMA_MIXTURE: dict[str, float] = {

@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pasture.errors import PastureError
-from pasture.files import atomic_file
+from ..errors import PastureError
+from ..files import atomic_file
 
 if TYPE_CHECKING:
-    from pasture.data.tokenizer import Tokenizer
+    from .tokenizer import Tokenizer
 
 MAGIC = b"PASTSHRD"
 VERSION = 1

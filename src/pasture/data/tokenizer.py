@@ -24,8 +24,8 @@ import sentencepiece as spm
 from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from pasture.errors import PastureError
-from pasture.files import write_bytes
+from ..errors import PastureError
+from ..files import write_bytes
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # SentencePiece = GGUF
 _BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..generate import StreamDecoder, generate_tokens
 from ..generate.sampling import sample
 from ..model import KVCache, Transformer
+from .task import DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class PastureLM:
         self,
         model: Transformer,
         tokenizer: TokenizerLike,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         max_length: int | None = None,
         progress: bool = True,
     ) -> None:

@@ -29,7 +29,7 @@ def load_model(
     path: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
-    tokenizer: str | Path | None = None,
+    tokenizer: str | Path | Tokenizer | None = None,
     quantize: QuantConfig | None = None,
 ) -> tuple[Transformer, Tokenizer | None]:
     """The model at ``path`` in eval mode on ``device`` (in ``dtype``, default: as stored),
@@ -52,7 +52,7 @@ def load_model(
     if quantize is not None:
         quantize_model(model, quantize)
     if tokenizer is not None:
-        tok = Tokenizer.from_file(tokenizer)
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_file(tokenizer)
     if tok is not None and tok.vocab_size != model.args.vocab_size:
         raise PastureError(
             f"{path}: tokenizer has {tok.vocab_size} tokens, the model's vocab is "

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from pasture.errors import PastureError
+from ..errors import PastureError
 
 MESH_DIMS = ("dp_shard", "tp")
 

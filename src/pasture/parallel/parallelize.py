@@ -35,9 +35,9 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from pasture.errors import PastureError
-from pasture.model import Transformer
-from pasture.parallel.activation_checkpoint import apply_activation_checkpointing
+from ..errors import PastureError
+from ..model import Transformer
+from .activation_checkpoint import apply_activation_checkpointing
 
 AC_MODES = ("none", "full", "selective")
 PRECISIONS = ("bf16", "fp32")
