@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import build, load_toml
 from ..errors import PastureError
+from ..train.benchmarks import BenchmarkConfig
 from ..train.checkpoint import CheckpointConfig
 from ..train.optim import OptimConfig
 from .lora import LoRAConfig
@@ -33,6 +34,7 @@ class FinetuneConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=_optim_default)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # RUN/checkpoints
+    benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)  # RUN/benchmarks.jsonl
     steps: int = 100
     seq_len: int = 512  # inputs per row; longer examples are truncated
     rows: int = 8  # rows per micro-batch

@@ -9,7 +9,8 @@ One process (CPU or one GPU). Each step takes ``grad_accum`` micro-batches of ``
 ``seq_len`` inputs (examples packed several per row unless ``packed = false``), a loss per
 response token over the whole step (``finetune.loss``), clipping, and AdamW at the
 warmup + cosine rate of ``train.optim``. ``RUN/metrics.jsonl`` gets a line per logged step;
-``RUN/summary.json`` the held-out response loss before and after.
+``RUN/summary.json`` the held-out response loss before and after; ``[benchmarks]`` scores
+pasture.eval tasks every N steps into ``RUN/benchmarks.jsonl``, as in pretraining.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..generate import generate_tokens
 from ..interop import Checkpoint
 from ..model import Transformer
 from ..train import checkpoint as train_checkpoint
+from ..train.benchmarks import benchmark_settings, run_benchmarks
 from ..train.optim import build_optimizer, lr_at
 from .config import FinetuneConfig
 from .data import Example, read_examples
@@ -40,19 +42,25 @@ from .packing import Batch, TokenSequence, batches, collate, pack, tokenize
 from .template import encode_chat, load_template, save_template
 
 
-def load_sequences(
-    paths: Sequence[str | Path], tokenizer: Tokenizer, template: str, cfg: FinetuneConfig
+def read_all(paths: Sequence[str | Path]) -> list[Example]:
+    """Every example of every file, in order (a bad line fails here, before any model work)."""
+    return [example for path in paths for example in read_examples(path)]
+
+
+def to_sequences(
+    examples: Sequence[Example], tokenizer: Tokenizer, template: str, cfg: FinetuneConfig
 ) -> list[TokenSequence]:
-    """Every example of ``paths`` tokenized and truncated to a row; examples left with no
-    response token (a prompt longer than ``seq_len``) are dropped."""
-    examples: list[Example] = [ex for path in paths for ex in read_examples(path)]
+    """The examples tokenized and truncated to a row; examples left with no response token
+    (a prompt longer than ``seq_len``) are dropped."""
     sequences = [
         tokenize(tokenizer, template, ex.messages, cfg.seq_len + 1, cfg.train_on_prompt)
         for ex in examples
     ]
     kept = [s for s in sequences if s.trained > 0]
-    if not kept:
-        raise PastureError(f"{paths[0]}: no example has a response within seq_len {cfg.seq_len}")
+    if examples and not kept:
+        raise PastureError(
+            f"{examples[0].where}: no example has a response within seq_len {cfg.seq_len}"
+        )
     return kept
 
 
@@ -84,6 +92,9 @@ def prepare_model(ckpt: Checkpoint, cfg: FinetuneConfig, device: torch.device) -
     """The checkpoint's model in float32 on ``device``, in training mode, with LoRA adapters
     when ``cfg.method`` is lora (only they train)."""
     model = ckpt.to_model(device, torch.float32).train()
+    # The whole rotary table now: grown later under evaluation's inference_mode, it would be an
+    # inference tensor that training cannot save for backward.
+    model.rotary(device)
     if cfg.method == "lora":
         apply_lora(model, cfg.lora)
     return model
@@ -142,12 +153,14 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
     out = Path(cfg.out) if cfg.out else run_dir / "model"
     interop.check_destination(out, cfg.out_format)  # refuse before any work
     template = load_template(cfg.template or None)
+    bench = benchmark_settings(cfg.benchmarks, tp=1)  # names and files checked before any work
+    train_examples, held_out_examples = read_all(cfg.data), read_all(cfg.eval_data)
     ckpt = interop.load(checkpoint, cfg.tokenizer or None)
     if ckpt.tokenizer is None:
         raise PastureError(f"{checkpoint}: no tokenizer in the checkpoint: set tokenizer = PATH")
     tokenizer = ckpt.tokenizer
-    train = load_sequences(cfg.data, tokenizer, template, cfg)
-    held_out = load_sequences(cfg.eval_data, tokenizer, template, cfg) if cfg.eval_data else []
+    train = to_sequences(train_examples, tokenizer, template, cfg)
+    held_out = to_sequences(held_out_examples, tokenizer, template, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
 
@@ -165,16 +178,22 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
         model.train()
         return loss
 
-    summary: dict[str, Any] = {"examples": len(train), "held_out": len(held_out)}
+    summary: dict[str, Any] = {
+        "examples": len(train),
+        "held_out": len(held_out),
+        "dropped": len(train_examples) - len(train),  # no response token within seq_len
+    }
     metrics = run_dir / "metrics.jsonl"
-    first = 0
+    first, trained_before = 0, 0
     path = train_checkpoint.resume_point(run_dir, resume)
     if path is None:
         metrics.unlink(missing_ok=True)
+        (run_dir / "benchmarks.jsonl").unlink(missing_ok=True)
         summary["loss_before"] = held_out_loss()
     else:
         state = train_checkpoint.load(path, model, optimizer)
         first, summary["loss_before"] = state["step"], state.get("loss_before")
+        trained_before = state["loader"].get("trained_tokens", 0)
         if first > cfg.steps:
             raise PastureError(f"{path}: step {first} is past steps = {cfg.steps}; raise steps")
     checkpointer = train_checkpoint.Checkpointer(
@@ -190,7 +209,7 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
             model, optimizer, micro, cfg.optim.grad_clip, cfg.autocast
         )
         if not stepped:
-            raise PastureError(f"step {step}: the loss or gradient is not finite; lower optim.lr")
+            raise PastureError(f"step {step + 1}: loss or gradient not finite; lower optim.lr")
         trained += sum(b.trained_tokens for b in micro)
         last = step == cfg.steps - 1
         record: dict[str, Any] = {"step": step + 1, "loss": loss, "grad_norm": grad_norm}
@@ -201,13 +220,22 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
             record["trained_tokens_per_s"] = trained / (time.perf_counter() - start)
             with metrics.open("a") as f:  # an appended log, like pretraining's
                 f.write(json.dumps(record) + "\n")
+        if bench is not None and cfg.benchmarks.due(step + 1, cfg.steps):
+            model.eval()
+            tokens = trained_before + trained
+            rows = run_benchmarks(model, tokenizer, cfg.benchmarks.tasks, bench, step + 1, tokens)
+            with (run_dir / "benchmarks.jsonl").open("a") as f:  # as pretraining's
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         if cfg.checkpoint.due(step + 1, cfg.steps):
-            loader = {"micro_batches": (step + 1) * cfg.grad_accum}
+            loader = {
+                "micro_batches": (step + 1) * cfg.grad_accum,
+                "trained_tokens": trained_before + trained,
+            }
             train_state = {"loader": loader, "loss_before": summary["loss_before"]}
             checkpointer.save(step + 1, model, optimizer, train_state)
     checkpointer.wait()
     summary["seconds"] = time.perf_counter() - start
-    summary["trained_tokens"] = trained
+    summary["trained_tokens"] = trained_before + trained
     summary["loss_after"] = held_out_loss()
     summary["out"] = str(export_model(model, tokenizer, template, out, cfg.out_format))
     files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -218,7 +246,8 @@ __all__ = [
     "answer",
     "export_model",
     "finetune",
-    "load_sequences",
+    "read_all",
+    "to_sequences",
     "prepare_model",
     "training_batches",
 ]
