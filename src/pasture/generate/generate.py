@@ -72,23 +72,11 @@ def generate_tokens(
     decoding, and it stays so afterwards); ``decode_layout=False`` leaves the model's
     strides alone. The model gets a ``DecodeCache`` for the call and none after it.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (begin with BOS)")
-    if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__"):
-        raise PastureError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
-    max_new_tokens = operator.index(max_new_tokens)
-    if max_new_tokens < 0:
-        raise PastureError(f"max_new_tokens {max_new_tokens} is negative")
+    max_new_tokens = _check_request(prompts, max_new_tokens, model.args.max_seq_len)
     if max_new_tokens == 0:
         return [[] for _ in prompts]
-    context = model.args.max_seq_len
     lengths = [len(p) for p in prompts]
-    if max(lengths) >= context:
-        raise PastureError(
-            f"a prompt of {max(lengths):,} tokens leaves no room in the model's context of "
-            f"{context:,} tokens (max_seq_len); shorten it"
-        )
-    total = min(context, max(lengths) + max_new_tokens)
+    total = min(model.args.max_seq_len, max(lengths) + max_new_tokens)
     B = len(prompts)
     device = model.tok_embeddings.weight.device
     check_memory(model, B, total)
@@ -131,15 +119,36 @@ def generate_tokens(
                 break
     finally:
         model.clear_cache()
-    results = []
-    for row, n in enumerate(lengths):
-        out = tokens[row, n : min(cur + 1, ends[row])].tolist()
-        for i, token in enumerate(out):
-            if token in stop_set:
-                out = out[:i]
-                break
-        results.append(out)
-    return results
+    return [
+        _until_stop(tokens[row, n : min(cur + 1, ends[row])].tolist(), stop_set)
+        for row, n in enumerate(lengths)
+    ]
+
+
+def _check_request(prompts: Sequence[Sequence[int]], max_new_tokens: object, context: int) -> int:
+    """``max_new_tokens`` as an int, once the request is known to fit the model's context."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (begin with BOS)")
+    if isinstance(max_new_tokens, bool) or not hasattr(max_new_tokens, "__index__"):
+        raise PastureError(f"max_new_tokens must be an integer, got {max_new_tokens!r}")
+    max_new_tokens = operator.index(max_new_tokens)
+    if max_new_tokens < 0:
+        raise PastureError(f"max_new_tokens {max_new_tokens} is negative")
+    longest = max(len(p) for p in prompts)
+    if max_new_tokens and longest >= context:
+        raise PastureError(
+            f"a prompt of {longest:,} tokens leaves no room in the model's context of "
+            f"{context:,} tokens (max_seq_len); shorten it"
+        )
+    return max_new_tokens
+
+
+def _until_stop(out: list[int], stop_set: set[int]) -> list[int]:
+    """``out`` up to (without) its first stop token."""
+    for i, token in enumerate(out):
+        if token in stop_set:
+            return out[:i]
+    return out
 
 
 class StreamDecoder:

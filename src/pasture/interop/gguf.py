@@ -251,6 +251,28 @@ def load(path: Path) -> Checkpoint:
     if "tok_embeddings.weight" not in state:
         raise PastureError(f"{path}: no token_embd.weight tensor")
 
+    args = _args(fields, state, path)
+    metadata: dict[str, object] = {
+        "name": fields.get("general.name", ""),
+        "tensor_types": tensor_types,
+    }
+    tokenizer = None
+    tokenizer_model = fields.get("tokenizer.ggml.model")
+    if tokenizer_model == "llama":
+        tokenizer = _tokenizer(fields, path)
+    elif tokenizer_model is not None:
+        metadata["tokenizer"] = (
+            f"embedded {tokenizer_model!r} tokenizer not loaded: only SentencePiece ('llama') "
+            "vocabularies are supported"
+        )
+    ckpt = Checkpoint(args, state, tokenizer, str(path), "gguf", metadata)
+    ckpt.validate()
+    return ckpt
+
+
+def _args(fields: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> ModelArgs:
+    """The model's arguments from the ``llama.*`` metadata, checked against the tensors."""
+
     def need(key: str) -> Any:
         if key not in fields:
             raise PastureError(f"{path}: GGUF metadata lacks {key}")
@@ -286,23 +308,7 @@ def load(path: Path) -> Checkpoint:
             f"{path}: llama.rope.dimension_count {rope_dims} != head dim {args.head_dim}; "
             "partial rotary embeddings are not part of LLaMA"
         )
-
-    metadata: dict[str, object] = {
-        "name": fields.get("general.name", ""),
-        "tensor_types": tensor_types,
-    }
-    tokenizer = None
-    tokenizer_model = fields.get("tokenizer.ggml.model")
-    if tokenizer_model == "llama":
-        tokenizer = _tokenizer(fields, path)
-    elif tokenizer_model is not None:
-        metadata["tokenizer"] = (
-            f"embedded {tokenizer_model!r} tokenizer not loaded: only SentencePiece ('llama') "
-            "vocabularies are supported"
-        )
-    ckpt = Checkpoint(args, state, tokenizer, str(path), "gguf", metadata)
-    ckpt.validate()
-    return ckpt
+    return args
 
 
 def _dequantize(tensor: Any, gguf: ModuleType, path: Path) -> torch.Tensor:
