@@ -42,11 +42,14 @@ def aligned_stories(shared_data: Path) -> tuple[Transformer, pasture.Tokenizer]:
 def random_model(
     tokenizer: pasture.Tokenizer, dim: int = 64, n_layers: int = 2, max_seq_len: int = 1024
 ) -> Transformer:
-    """A random model over stories260K's vocabulary: it almost never says EOS, so its
-    generations last as long as a test needs."""
+    """A random model over stories260K's vocabulary whose BOS and EOS logits are 0, far below
+    the largest of the others: greedy, it never stops before max_tokens, so its generations
+    last as long as a test needs."""
     args = ModelArgs(dim=dim, n_layers=n_layers, n_heads=4, vocab_size=512, max_seq_len=max_seq_len)
     model = Transformer(args)
     model.init_weights(std=0.2, seed=0)
+    with torch.no_grad():
+        model.output.weight[[tokenizer.bos_id, tokenizer.eos_id]] = 0.0
     return model.eval()
 
 
