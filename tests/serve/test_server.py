@@ -92,6 +92,7 @@ def test_chat_prompt_is_the_template_and_stream_matches_non_stream(server) -> No
     content = [c for c in chunks[1:-2]]
     assert content and all(c.choices[0].finish_reason is None for c in content)
     assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-2].choices[0].delta.content is None  # the last choice: an empty delta
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
     assert all(c.usage is None for c in chunks[:-1])
     text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])

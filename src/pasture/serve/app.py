@@ -207,8 +207,7 @@ def build_app(
                     message = f"generation failed: {request.error}"
                     yield _sse(ApiError(message, 500, kind="server_error").body())
                     break
-                chunk = writer.delta(delta)
-                if chunk is not None:
+                for chunk in writer.delta(delta):
                     yield _sse(chunk)
             else:
                 if parsed.include_usage:

@@ -305,30 +305,39 @@ class ChunkWriter:
         delta = {"role": "assistant", "content": ""}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
-    def delta(self, delta: Delta) -> dict[str, Any] | None:
+    def delta(self, delta: Delta) -> list[dict[str, Any]]:
+        """The chunks for one engine delta: its text and logprobs, then (on the last delta) a
+        chunk of its own with the empty delta and ``finish_reason``."""
+        chunks = []
         wants = self.parsed.params.logprobs is not None and bool(delta.logprobs)
-        if not (delta.text or wants or delta.finish_reason):
-            return None
-        finish = delta.finish_reason
-        if finish in ("cancelled", "error"):
-            finish = "stop"
+        if delta.text or wants:
+            chunks.append(self._chunk([self._choice(delta.text, delta.logprobs, wants, None)]))
+        if delta.finish_reason is not None:
+            finish = (
+                "stop" if delta.finish_reason in ("cancelled", "error") else delta.finish_reason
+            )
+            chunks.append(self._chunk([self._choice("", (), False, finish)]))
+        return chunks
+
+    def _choice(
+        self, text: str, logprobs: Sequence[TokenLogprob], wants: bool, finish: str | None
+    ) -> dict[str, Any]:
         if self.parsed.chat:
-            choice = {
+            return {
                 "index": 0,
-                "delta": {"content": delta.text} if delta.text else {},
-                "logprobs": chat_logprobs(delta.logprobs) if wants else None,
+                "delta": {"content": text} if text else {},
+                "logprobs": chat_logprobs(logprobs) if wants else None,
                 "finish_reason": finish,
             }
-        else:
-            choice = {
-                "index": 0,
-                "text": delta.text,
-                "logprobs": completion_logprobs(delta.logprobs, self.offset) if wants else None,
-                "finish_reason": finish,
-            }
-            if wants:
-                self.offset += sum(len(e.text) for e in delta.logprobs)
-        return self._chunk([choice])
+        choice = {
+            "index": 0,
+            "text": text,
+            "logprobs": completion_logprobs(logprobs, self.offset) if wants else None,
+            "finish_reason": finish,
+        }
+        if wants:
+            self.offset += sum(len(e.text) for e in logprobs)
+        return choice
 
     def usage(self, counts: tuple[int, int]) -> dict[str, Any]:
         chunk = self._chunk([])
