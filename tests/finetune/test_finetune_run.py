@@ -125,6 +125,7 @@ def test_resume_is_bit_identical(tmp_path: Path, shared_data: Path) -> None:
     assert not all(torch.equal(whole[k], first[k]) for k in whole)  # it did train
 
 
+@pytest.mark.slow
 def test_benchmarks_during_finetuning(tmp_path: Path, shared_data: Path) -> None:
     tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
     base = _tiny_checkpoint(tmp_path, tokenizer)
