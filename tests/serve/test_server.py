@@ -20,7 +20,7 @@ from conftest import load_stories
 
 from pasture.finetune.template import DEFAULT_TEMPLATE, encode_chat
 from pasture.generate import generate, generate_tokens
-from pasture.serve import ServerThread, build_app
+from pasture.serve import ServerThread, build_app, load_app
 
 PROMPT = "Once upon a time"
 
@@ -227,6 +227,23 @@ def test_metrics_are_prometheus_text(server) -> None:
     assert lines["pasture_queue_length"] == 0
     assert lines['pasture_time_to_first_token_seconds_bucket{le="+Inf"}'] >= 1
     assert lines['pasture_refused_requests_total{status="400"}'] >= 1
+
+
+def test_a_checkpoint_s_own_chat_template_is_used(shared_data, tmp_path) -> None:
+    folder = shared_data / "models" / "stories260K"
+    (tmp_path / "tiny.bin").symlink_to(folder / "stories260K.bin")
+    template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+    template += "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    (tmp_path / "chat_template.jinja").write_text(template)
+    app = load_app(tmp_path / "tiny.bin", tokenizer=folder / "tok512.model", max_batch=1)
+    messages = [{"role": "user", "content": "Where is the cat?"}]
+    with ServerThread(app) as server:
+        api = client(server)
+        assert [m.id for m in api.models.list().data] == ["tiny"]
+        result = api.chat.completions.create(model="tiny", messages=messages, max_tokens=1)
+    ids, _ = encode_chat(app.state.engine.tokenizer, template, messages, True)
+    assert ids[1:] == app.state.engine.tokenizer.encode("[user] Where is the cat?\n[assistant] ")
+    assert result.usage.prompt_tokens == len(ids)
 
 
 def test_api_key_is_required_when_set(shared_data) -> None:

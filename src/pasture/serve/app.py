@@ -262,42 +262,51 @@ class ServerThread:
         self.sock.close()
 
 
+def load_app(
+    checkpoint: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    model_name: str | None = None,
+    chat_template: str | Path | None = None,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+) -> FastAPI:
+    """``build_app`` for ``checkpoint`` (any format ``pasture.load_model`` reads). The chat
+    template: ``chat_template`` (a .jinja file or a tokenizer_config.json), else
+    ``chat_template.jinja`` beside the checkpoint, else Alpaca's headers. The model is named
+    after the checkpoint's file or folder unless ``model_name`` says otherwise."""
+    from .. import load_model
+
+    path = Path(checkpoint)
+    template = load_template(chat_template) if chat_template else find_template(path)
+    model, tok = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype)
+    if tok is None:
+        raise PastureError(f"{path}: no tokenizer in the checkpoint; pass --tokenizer FILE")
+    return build_app(
+        model,
+        tok,
+        model_name or (path.name if path.is_dir() else path.stem),
+        chat_template=template or DEFAULT_TEMPLATE,
+        api_key=api_key,
+        max_batch=max_batch,
+        max_seq_len=max_seq_len,
+    )
+
+
 def serve(
     checkpoint: str | Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
     *,
-    tokenizer: str | Path | None = None,
-    device: str = "cpu",
-    dtype: torch.dtype | None = None,
-    model_name: str | None = None,
-    chat_template: str | Path | None = None,
-    max_batch: int = 8,
-    max_seq_len: int | None = None,
     log_level: str = "info",
+    **options: Any,
 ) -> None:
-    """Load ``checkpoint`` (any format ``pasture.load_model`` reads) and serve it until
-    interrupted. The chat template: ``chat_template`` (a .jinja file or a tokenizer_config.json),
-    else ``chat_template.jinja`` beside the checkpoint, else Alpaca's headers. The model is
-    named after the checkpoint's file or folder unless ``model_name`` says otherwise."""
-    from .. import load_model
-
-    path = Path(checkpoint)
-    model, tok = load_model(path, tokenizer=tokenizer, device=device, dtype=dtype)
-    if tok is None:
-        raise PastureError(f"{path}: no tokenizer in the checkpoint; pass --tokenizer FILE")
-    template = (
-        load_template(chat_template) if chat_template else find_template(path) or DEFAULT_TEMPLATE
-    )
-    name = model_name or (path.name if path.is_dir() else path.stem)
-    app = build_app(
-        model,
-        tok,
-        name,
-        chat_template=template,
-        api_key=api_key,
-        max_batch=max_batch,
-        max_seq_len=max_seq_len,
-    )
+    """Serve ``checkpoint`` on ``host``:``port`` until interrupted; ``options`` are
+    ``load_app``'s (tokenizer, device, dtype, model_name, chat_template, max_batch,
+    max_seq_len)."""
+    app = load_app(checkpoint, api_key=api_key, **options)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
