@@ -146,7 +146,8 @@ class _DecodeRows(RowCache):
         if self.rows is not None or T != 1 or positions is None or self.k.shape[0] != B:
             return super().attend(q, k, v, start_pos=start_pos, positions=positions, mask=mask)
         S, n_kv = self.k.shape[2], self.k.shape[1]
-        if self.check and (int(positions.min()) < 0 or int(positions.max()) >= S):
+        eager = self.check and not torch.compiler.is_compiling()
+        if eager and (int(positions.min()) < 0 or int(positions.max()) >= S):
             raise ValueError(f"positions must be in 0..{S - 1} (the cache's length)")
         self.k[self.index[:B, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[self.index[:B, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
@@ -288,8 +289,9 @@ class Engine:
     """Continuous batching over ``max_batch`` rows of ``max_seq_len`` positions (default: the
     model's context). ``submit`` is thread-safe; one thread runs the model.
 
-    Counters for monitoring: ``waiting`` (queue length), ``running``, and ``stats`` (requests
-    finished by reason, prompt and completion tokens, decode steps)."""
+    For monitoring: ``waiting`` (queue length), ``running``, ``finished`` (requests ended, by
+    finish reason), ``stats`` (prompt tokens prefilled, tokens generated, decode steps), and
+    ``on_finish(request)``, called in the engine thread as each request ends."""
 
     def __init__(
         self,
@@ -395,17 +397,18 @@ class Engine:
             self.on_finish(request)
 
     def _step(self) -> None:
-        """Admit, drop cancelled requests, one prefill chunk, one decode step."""
-        with self._wake:
-            for i in range(self.max_batch):
-                if self.rows[i] is None and self.queue:
-                    self._admit(i, self.queue.popleft())
-            for request in [r for r in self.queue if r.cancelled]:
-                self.queue.remove(request)
-                self._end(request, Delta("", finish_reason="cancelled"))
+        """Drop cancelled requests, admit queued ones into free rows (first come, first
+        served), run one prefill chunk, then one decode step."""
         for i, row in enumerate(self.rows):
             if row is not None and row.request.cancelled:
                 self._finish(i, "cancelled")
+        with self._wake:
+            for request in [r for r in self.queue if r.cancelled]:
+                self.queue.remove(request)
+                self._end(request, Delta("", finish_reason="cancelled"))
+            for i in range(self.max_batch):
+                if self.rows[i] is None and self.queue:
+                    self._admit(i, self.queue.popleft())
         prefilling = [
             i for i, r in enumerate(self.rows) if r and r.prefilled < r.request.prompt_tokens
         ]
