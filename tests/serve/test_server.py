@@ -161,6 +161,25 @@ def test_logprobs_tokens_join_to_the_content(server) -> None:
         assert bytes(entry.bytes) == entry.token.encode()
 
 
+def test_token_id_prompts_and_zero_max_tokens(server) -> None:
+    api = client(server)
+    ids = server.tokenizer.encode(PROMPT, bos=True)
+    as_text = api.completions.create(
+        model="stories260K", prompt=PROMPT, max_tokens=8, temperature=0
+    )
+    as_ids = api.completions.create(model="stories260K", prompt=ids, max_tokens=8, temperature=0)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage == as_text.usage
+    nothing = api.completions.create(model="stories260K", prompt=ids, max_tokens=0)
+    assert nothing.choices[0].text == "" and nothing.choices[0].finish_reason == "length"
+    assert (nothing.usage.prompt_tokens, nothing.usage.completion_tokens) == (len(ids), 0)
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
+        api.completions.create(model="stories260K", prompt=PROMPT, n=2)
+    with pytest.raises(openai.BadRequestError, match="token ids must be in") as caught:
+        api.completions.create(model="stories260K", prompt=[1, 99999])
+    assert caught.value.body["param"] == "prompt" and caught.value.body["code"] is None
+
+
 def test_seed_reproduces_a_sample(server) -> None:
     api = client(server)
     runs = [
@@ -191,6 +210,8 @@ def test_completion_errors_have_openai_bodies(server, request_args, param, fragm
     assert caught.value.status_code == 400
     assert error["type"] == "invalid_request_error" and error["param"] == param
     assert fragment in error["message"]
+    if "context" in fragment:
+        assert error["code"] == "context_length_exceeded"
 
 
 def test_chat_errors_have_openai_bodies(server) -> None:

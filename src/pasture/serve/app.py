@@ -166,11 +166,12 @@ def build_app(
         if not parsed.max_tokens_given:  # chat without max_tokens: up to the context's end
             params = dataclasses.replace(parsed.params, max_tokens=engine.max_seq_len - n)
             parsed = dataclasses.replace(parsed, params=params)
+        too_long = n + parsed.params.max_tokens > engine.max_seq_len
         try:
-            engine.check_prompt(parsed.prompt, parsed.params.max_tokens)
             request = engine.submit(parsed.prompt, parsed.params, "chat" if chat else "completions")
         except PastureError as e:
-            raise ApiError(str(e), param=param, code="context_length_exceeded") from None
+            code = "context_length_exceeded" if too_long else None
+            raise ApiError(str(e), param=param, code=code) from None
         rid = new_id(chat)
         if parsed.stream:
             return StreamingResponse(
