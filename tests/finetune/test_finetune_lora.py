@@ -15,6 +15,7 @@ from pasture.finetune.lora import (
     apply_lora,
     lora_state,
     merge_lora,
+    merge_weights,
     merged_state_dict,
     remove_lora,
     unmerge_lora,
@@ -91,6 +92,9 @@ def test_training_moves_only_adapters_and_merge_keeps_the_logits() -> None:
         # The merged weights under Meta's keys, in a plain model: the same logits.
         merged = merged_state_dict(model)
         assert set(merged) == set(base)
+        # The same from a bare (gathered) state dict, as FSDP export merges it.
+        from_state = merge_weights(model.state_dict(), cfg.alpha / cfg.rank)
+        assert all(torch.equal(from_state[k], merged[k]) for k in merged)
         assert torch.allclose(_plain(merged)(tokens), unmerged, rtol=0, atol=1e-5)
         # Merging in place, then removing the wrappers, gives the same.
         merge_lora(model)

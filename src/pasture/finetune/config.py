@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import build, load_toml
 from ..errors import PastureError
+from ..parallel.parallelize import ParallelConfig
 from ..train.benchmarks import BenchmarkConfig
 from ..train.checkpoint import CheckpointConfig
 from ..train.optim import OptimConfig
@@ -35,6 +36,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=_optim_default)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # RUN/checkpoints
     benchmarks: BenchmarkConfig = field(default_factory=BenchmarkConfig)  # RUN/benchmarks.jsonl
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # FSDP2 under torchrun
     steps: int = 100
     seq_len: int = 512  # inputs per row; longer examples are truncated
     rows: int = 8  # rows per micro-batch

@@ -149,6 +149,23 @@ def remove_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     return model
 
 
+def merge_weights(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A state dict with adapters (``X.base.weight``, ``X.lora_a.weight``, ``X.lora_b.weight``)
+    as plain weights ``X.weight = base + scale · B A`` (float32 arithmetic), other keys as
+    they are. For a gathered (FSDP) state dict, where the modules cannot be merged in place."""
+    out = {}
+    for name, tensor in state.items():
+        if ".lora_a." in name or ".lora_b." in name:
+            continue
+        owner, _, leaf = name.rpartition(".base.")
+        if leaf and f"{owner}.lora_a.{leaf}" in state:
+            a, b = state[f"{owner}.lora_a.{leaf}"], state[f"{owner}.lora_b.{leaf}"]
+            tensor = (tensor.float() + (b.float() @ a.float()) * scale).to(tensor.dtype)
+            name = f"{owner}.{leaf}"
+        out[name] = tensor
+    return out
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights with every adapter merged, under the plain checkpoint keys
     (``layers.0.attention.wq.weight``), without changing the model."""
@@ -175,6 +192,7 @@ __all__ = [
     "lora_modules",
     "lora_state",
     "merge_lora",
+    "merge_weights",
     "merged_state_dict",
     "remove_lora",
     "unmerge_lora",

@@ -5,9 +5,14 @@ Pasture reads, LoRA or full, into a checkpoint in any format with its chat templ
     pasture finetune --config configs/finetune/demo.toml --checkpoint model.gguf \\
         --set method=full --set optim.lr=2e-5
 
-One process (CPU or one GPU). Each step takes ``grad_accum`` micro-batches of ``rows`` rows of
-``seq_len`` inputs (examples packed several per row unless ``packed = false``), a loss per
-response token over the whole step (``finetune.loss``), clipping, and AdamW at the
+One process (CPU or one GPU), or under torchrun with FSDP2 (``parallel.tp`` must be 1):
+
+    torchrun --nproc-per-node 8 -m pasture.finetune.run --config configs/finetune/demo.toml \\
+        --checkpoint runs/demo/hf
+
+Each step takes ``grad_accum`` micro-batches per rank of ``rows`` rows of ``seq_len`` inputs
+(examples packed several per row unless ``packed = false``), a loss per response token over
+the whole step and every rank (``finetune.loss``), clipping, and AdamW at the
 warmup + cosine rate of ``train.optim``. ``RUN/metrics.jsonl`` gets a line per logged step;
 ``RUN/summary.json`` the held-out response loss before and after; ``[benchmarks]`` scores
 pasture.eval tasks every N steps into ``RUN/benchmarks.jsonl``, as in pretraining.
@@ -16,6 +21,7 @@ pasture.eval tasks every N steps into ``RUN/benchmarks.jsonl``, as in pretrainin
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from .. import files, interop
 from ..config import to_dict
@@ -31,13 +39,15 @@ from ..errors import PastureError
 from ..generate import generate_tokens
 from ..interop import Checkpoint
 from ..model import Transformer
+from ..parallel.mesh import build_mesh, init_distributed, shutdown_distributed
+from ..parallel.parallelize import parallelize_model
 from ..train import checkpoint as train_checkpoint
 from ..train.benchmarks import benchmark_settings, run_benchmarks
 from ..train.optim import build_optimizer, lr_at
-from .config import FinetuneConfig
+from .config import FinetuneConfig, load_finetune_config
 from .data import Example, read_examples
-from .lora import apply_lora, remove_lora
-from .loss import finetune_step, response_loss
+from .lora import apply_lora, merge_weights
+from .loss import finetune_step, response_loss, trained_tokens
 from .packing import Batch, TokenSequence, batches, collate, pack, tokenize
 from .template import encode_chat, load_template, save_template
 
@@ -65,14 +75,19 @@ def to_sequences(
 
 
 def training_batches(
-    sequences: Sequence[TokenSequence], cfg: FinetuneConfig, skip: int = 0
+    sequences: Sequence[TokenSequence],
+    cfg: FinetuneConfig,
+    skip: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[Batch]:
     """Micro-batches forever: each epoch a fresh order (seeded by ``cfg.seed`` and the epoch),
     packed into rows, ``cfg.rows`` rows per micro-batch (an epoch's last partial one dropped,
     unless it is the only one). The first ``skip`` are passed over without being built: the
     stream's whole state is how many micro-batches were taken, so a resumed run continues
-    exactly where the checkpoint left it."""
-    epoch = 0
+    exactly where the checkpoint left it. Of ``world`` ranks, rank r takes micro-batches
+    r, r + world, … of the one global stream (``skip`` counts global micro-batches)."""
+    epoch, index = 0, -1
     while True:
         order = list(range(len(sequences)))
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
@@ -80,8 +95,8 @@ def training_batches(
         rows = pack(shuffled, cfg.seq_len) if cfg.packed else [[i] for i in range(len(order))]
         starts = range(0, max(len(rows) - cfg.rows + 1, 1), cfg.rows)
         for start in starts:
-            if skip:
-                skip -= 1
+            index += 1
+            if index < skip or index % world != rank:
                 continue
             chunk = rows[start : start + cfg.rows]
             yield collate([[shuffled[i] for i in row] for row in chunk], cfg.seq_len)
@@ -120,22 +135,38 @@ def answer(
 
 
 def export_model(
-    model: Transformer, tokenizer: Tokenizer, template: str, out: Path, fmt: str
+    model: Transformer,
+    tokenizer: Tokenizer,
+    template: str,
+    out: Path,
+    fmt: str,
+    lora_scale: float | None = None,
 ) -> Path:
-    """Merge LoRA adapters (if any) into the weights, write ``out`` in ``fmt`` and the chat
-    template beside it (``chat_template.jinja``: in the folder, or beside a single file)."""
-    remove_lora(model)
-    interop.save(Checkpoint.from_model(model, tokenizer), out, fmt, force=False)
-    save_template(out if out.is_dir() else out.parent, template)
+    """Gather the whole weights (from every rank, under FSDP), merge LoRA adapters (scale
+    ``alpha / rank``) into them, and on rank 0 write ``out`` in ``fmt`` with the chat template
+    beside it (``chat_template.jinja``: in the folder, or beside a single file)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
+    state = get_model_state_dict(model, options=options)  # a collective under FSDP
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        if lora_scale is not None:
+            state = merge_weights(state, lora_scale)
+        state = {k: v.detach().contiguous() for k, v in state.items()}
+        interop.save(Checkpoint(model.args, state, tokenizer), out, fmt, force=False)
+        save_template(out if out.is_dir() else out.parent, template)
+    if dist.is_initialized():
+        dist.barrier()
     return out
 
 
-def _device(cfg: FinetuneConfig) -> torch.device:
-    if cfg.device:
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise PastureError(f"device = {cfg.device!r}: no CUDA device here")
-        return torch.device(cfg.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(cfg: FinetuneConfig, device: torch.device, world: int) -> torch.device:
+    """``cfg.device`` in one process; under torchrun each rank's own (``init_distributed``)."""
+    if not cfg.device:
+        return device
+    if world > 1:
+        raise PastureError(f"device = {cfg.device!r}: leave it empty under torchrun")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PastureError(f"device = {cfg.device!r}: no CUDA device here")
+    return torch.device(cfg.device)
 
 
 def finetune(
@@ -144,12 +175,26 @@ def finetune(
     """Finetune ``checkpoint`` as ``cfg`` says; returns the run's summary (also in
     ``RUN/summary.json``). ``resume``: True continues from the latest checkpoint in
     ``RUN/checkpoints`` (bit-identical to a run never stopped), a path from that one."""
-    with train_checkpoint.run_lock(Path(cfg.run_dir)):
-        return _finetune(cfg, checkpoint, resume)
+    rank, world, device = init_distributed()
+    try:
+        with train_checkpoint.run_lock(Path(cfg.run_dir)):
+            return _finetune(cfg, checkpoint, resume, rank, world, device)
+    finally:
+        if world > 1:
+            shutdown_distributed()
 
 
-def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -> dict[str, Any]:
+def _finetune(
+    cfg: FinetuneConfig,
+    checkpoint: str | Path,
+    resume: str | bool,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
+    if cfg.parallel.tp != 1:
+        raise PastureError(f"parallel.tp = {cfg.parallel.tp}: finetuning shards with FSDP only")
     out = Path(cfg.out) if cfg.out else run_dir / "model"
     interop.check_destination(out, cfg.out_format)  # refuse before any work
     template = load_template(cfg.template or None)
@@ -161,12 +206,13 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
     tokenizer = ckpt.tokenizer
     train = to_sequences(train_examples, tokenizer, template, cfg)
     held_out = to_sequences(held_out_examples, tokenizer, template, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    if rank == 0:
+        files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
-    device = _device(cfg)
+    device = _device(cfg, device, world)
     model = prepare_model(ckpt, cfg, device)
+    model = parallelize_model(model, build_mesh(world, 1, device.type), cfg.parallel)
     optimizer = build_optimizer(model, cfg.optim)
     eval_batches = [b.to(device) for b in batches(held_out, cfg.seq_len, cfg.rows)]
 
@@ -187,8 +233,9 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
     first, trained_before = 0, 0
     path = train_checkpoint.resume_point(run_dir, resume)
     if path is None:
-        metrics.unlink(missing_ok=True)
-        (run_dir / "benchmarks.jsonl").unlink(missing_ok=True)
+        if rank == 0:
+            metrics.unlink(missing_ok=True)
+            (run_dir / "benchmarks.jsonl").unlink(missing_ok=True)
         summary["loss_before"] = held_out_loss()
     else:
         state = train_checkpoint.load(path, model, optimizer)
@@ -199,7 +246,8 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
     checkpointer = train_checkpoint.Checkpointer(
         run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save
     )
-    stream = training_batches(train, cfg, skip=first * cfg.grad_accum)
+    per_step = cfg.grad_accum * world  # global micro-batches per step
+    stream = training_batches(train, cfg, first * per_step, rank, world)
     trained, start = 0, time.perf_counter()
     for step in range(first, cfg.steps):
         for group in optimizer.param_groups:
@@ -210,12 +258,12 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
         )
         if not stepped:
             raise PastureError(f"step {step + 1}: loss or gradient not finite; lower optim.lr")
-        trained += sum(b.trained_tokens for b in micro)
+        trained += trained_tokens(micro)  # over every rank
         last = step == cfg.steps - 1
         record: dict[str, Any] = {"step": step + 1, "loss": loss, "grad_norm": grad_norm}
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
             record["held_out_loss"] = held_out_loss()
-        if (step + 1) % cfg.log_every == 0 or last or "held_out_loss" in record:
+        if rank == 0 and ((step + 1) % cfg.log_every == 0 or last or "held_out_loss" in record):
             record["lr"] = lr_at(step, cfg.steps, cfg.optim)
             record["trained_tokens_per_s"] = trained / (time.perf_counter() - start)
             with metrics.open("a") as f:  # an appended log, like pretraining's
@@ -224,11 +272,12 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
             model.eval()
             tokens = trained_before + trained
             rows = run_benchmarks(model, tokenizer, cfg.benchmarks.tasks, bench, step + 1, tokens)
-            with (run_dir / "benchmarks.jsonl").open("a") as f:  # as pretraining's
-                f.writelines(json.dumps(row) + "\n" for row in rows)
+            if rank == 0:
+                with (run_dir / "benchmarks.jsonl").open("a") as f:  # as pretraining's
+                    f.writelines(json.dumps(row) + "\n" for row in rows)
         if cfg.checkpoint.due(step + 1, cfg.steps):
             loader = {
-                "micro_batches": (step + 1) * cfg.grad_accum,
+                "micro_batches": (step + 1) * per_step,
                 "trained_tokens": trained_before + trained,
             }
             train_state = {"loader": loader, "loss_before": summary["loss_before"]}
@@ -237,15 +286,45 @@ def _finetune(cfg: FinetuneConfig, checkpoint: str | Path, resume: str | bool) -
     summary["seconds"] = time.perf_counter() - start
     summary["trained_tokens"] = trained_before + trained
     summary["loss_after"] = held_out_loss()
-    summary["out"] = str(export_model(model, tokenizer, template, out, cfg.out_format))
-    files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    scale = cfg.lora.alpha / cfg.lora.rank if cfg.method == "lora" else None
+    summary["out"] = str(export_model(model, tokenizer, template, out, cfg.out_format, scale))
+    if rank == 0:
+        files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pasture.finetune.run`` (one process or under torchrun) until the CLI has
+    ``pasture finetune``: --config, --checkpoint, --set key=value…, --resume [PATH]."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="pasture finetune")
+    parser.add_argument("--config")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--resume", nargs="?", const="latest")
+    args = parser.parse_args(argv)
+    resume: str | bool = True if args.resume == "latest" else (args.resume or False)
+    try:
+        summary = finetune(load_finetune_config(args.config, args.set), args.checkpoint, resume)
+    except PastureError as e:
+        print(f"pasture: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = [
     "answer",
     "export_model",
     "finetune",
+    "main",
     "read_all",
     "to_sequences",
     "prepare_model",
