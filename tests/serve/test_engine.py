@@ -191,6 +191,9 @@ def test_bad_requests_are_one_line_errors(stories) -> None:
         SamplingParams(stop=("",))
     with pytest.raises(PastureError, match="logprobs"):
         SamplingParams(logprobs=21)
+    huge = random_model(tokenizer, max_seq_len=2**24)  # a context no memory holds 1,024 times
+    with pytest.raises(PastureError, match="lower max_batch or max_seq_len"):
+        Engine(huge, tokenizer, max_batch=1024)
     engine = Engine(model, tokenizer, max_batch=1)
     try:
         with pytest.raises(PastureError, match="maximum context length is 512"):

@@ -6,6 +6,7 @@ the API key, and cancellation under load."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import load_stories
+from conftest import load_stories, random_model
 
 from pasture.finetune.template import DEFAULT_TEMPLATE, encode_chat
 from pasture.generate import generate, generate_tokens
@@ -25,7 +26,7 @@ from pasture.serve import ServerThread, build_app, load_app
 PROMPT = "Once upon a time"
 
 
-def http(method: str, url: str, body: object = None, raw: bytes | None = None):
+def fetch(method: str, url: str, body: object = None, raw: bytes | None = None):
     """(status, headers, body bytes) of one plain HTTP request (no client library)."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
@@ -44,7 +45,7 @@ def client(server, **kwargs) -> openai.OpenAI:
 def test_models_and_health(server) -> None:
     models = client(server).models.list()
     assert [m.id for m in models.data] == ["stories260K"]
-    status, _, body = http("GET", server.url + "/health")
+    status, _, body = fetch("GET", server.url + "/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
@@ -101,7 +102,7 @@ def test_chat_prompt_is_the_template_and_stream_matches_non_stream(server) -> No
 
 def test_raw_sse_ends_with_done(server) -> None:
     body = {"model": "stories260K", "prompt": PROMPT, "max_tokens": 5, "stream": True}
-    status, headers, raw = http("POST", server.url + "/v1/completions", body)
+    status, headers, raw = fetch("POST", server.url + "/v1/completions", body)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = [line for line in raw.decode().split("\n") if line]
     assert events[-1] == "data: [DONE]"
@@ -229,14 +230,14 @@ def test_chat_errors_have_openai_bodies(server) -> None:
             model="stories260K", messages=[{"role": "user", "content": "hi"}], max_tokens=-5
         )
     assert "max_tokens must be at least 0" in caught.value.body["message"]
-    status, _, body = http("POST", server.url + "/v1/chat/completions", raw=b"{not json")
+    status, _, body = fetch("POST", server.url + "/v1/chat/completions", raw=b"{not json")
     assert status == 400 and "JSON" in json.loads(body)["error"]["message"]
 
 
 def test_metrics_are_prometheus_text(server) -> None:
     client(server).completions.create(model="stories260K", prompt=PROMPT, max_tokens=3)
-    assert http("POST", server.url + "/v1/completions", {"model": "x"})[0] == 400
-    status, headers, body = http("GET", server.url + "/metrics")
+    assert fetch("POST", server.url + "/v1/completions", {"model": "x"})[0] == 400
+    status, headers, body = fetch("GET", server.url + "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     lines = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
@@ -276,11 +277,31 @@ def test_api_key_is_required_when_set(shared_data) -> None:
         assert caught.value.body["code"] == "invalid_api_key"
         keyed = openai.OpenAI(base_url=server.url + "/v1", api_key="s3cret", max_retries=0)
         assert keyed.completions.create(model="stories260K", prompt="Hi", max_tokens=2).choices
-        assert http("GET", server.url + "/health")[0] == 200
+        assert fetch("GET", server.url + "/health")[0] == 200
+
+
+def test_closing_a_stream_cancels_its_generation(shared_data) -> None:
+    _, tokenizer = load_stories(shared_data)
+    app = build_app(random_model(tokenizer), tokenizer, "random", max_batch=2)
+    engine = app.state.engine
+    with ServerThread(app) as server:
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        body = {"model": "random", "prompt": "Hi", "max_tokens": 1000, "temperature": 0}
+        body["stream"] = True
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "a/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline().startswith(b"data: {")  # it is streaming
+        connection.close()
+        deadline = time.monotonic() + 5
+        while engine.finished.get("cancelled", 0) < 1:
+            assert time.monotonic() < deadline, engine.finished
+            time.sleep(0.05)
+        assert engine.running == 0 and engine.stats["completion_tokens"] < 1000
 
 
 def _metrics(url: str) -> dict[str, float]:
-    status, _, body = http("GET", url + "/metrics")
+    status, _, body = fetch("GET", url + "/metrics")
     assert status == 200
     lines = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
@@ -306,7 +327,7 @@ def test_cancellation_under_load(shared_data, tmp_path) -> None:
             assert process.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "the server did not start in 60 s"
             try:
-                if http("GET", url + "/health")[0] == 200:
+                if fetch("GET", url + "/health")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.2)

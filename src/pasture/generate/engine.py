@@ -43,7 +43,7 @@ import torch
 
 from ..errors import PastureError
 from ..model import Transformer
-from .cache import RowCache, StaticCache
+from .cache import RowCache, StaticCache, check_memory
 from .generate import StreamDecoder, TokenizerLike, use_decode_layout
 from .sampling import sample
 
@@ -161,9 +161,10 @@ class _DecodeRows(RowCache):
 
 def _row_cache(model: Transformer, batch_size: int, max_seq_len: int | None) -> StaticCache:
     """A ``StaticCache`` whose layers decode with ``_DecodeRows``."""
+    length = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+    check_memory(model, batch_size, length, "lower max_batch or max_seq_len")
     cache = StaticCache(model, 1, 1)  # its checks and rotary table; layers replaced below
-    cache.batch_size = batch_size
-    cache.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+    cache.batch_size, cache.max_seq_len = batch_size, length
     cache.layers = model.setup_cache(batch_size, cache.max_seq_len, _DecodeRows)
     cache.layers[0].check = True
     model.rotary(model.tok_embeddings.weight.device, cache.max_seq_len)
