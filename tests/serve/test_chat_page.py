@@ -3,7 +3,7 @@ Selenium): type a prompt, watch the answer grow as tokens stream in, press Stop,
 server cancels the generation. A screenshot is written under tmp_path (and $PASTURE_ARTIFACTS).
 
 The model is random (stories260K's vocabulary, 4,096 positions) and decodes greedily, which
-never gives EOS (conftest.random_model): the answer is still streaming when Stop is pressed,
+never gives EOS (serve_support.random_model): the answer is still streaming when Stop is pressed,
 however fast the machine."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
-from conftest import load_stories, random_model
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+from serve_support import load_stories, random_model
 
 from pasture.serve import ServerThread, build_app
 

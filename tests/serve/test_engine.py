@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import aligned_stories, load_stories, random_model
+from serve_support import aligned_stories, load_stories, random_model
 
 import pasture
 from pasture.errors import PastureError

@@ -17,7 +17,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import load_stories, random_model
+from serve_support import load_stories, random_model
 
 from pasture.finetune.template import DEFAULT_TEMPLATE, encode_chat
 from pasture.generate import generate, generate_tokens
