@@ -274,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .eval import EvalSettings, PastureLM
+    from .eval import PastureLM
     from .eval.run import evaluate
 
     if args.data_dir is None:
@@ -306,7 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         allow_uncontained_code=args.allow_uncontained_code,
     )
-    lm = PastureLM(model, ckpt.tokenizer, batch_size=args.batch_size)
+    lm = PastureLM(model, ckpt.tokenizer, batch_size=settings.batch_size)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     outcome = evaluate(lm, args.tasks, settings, args.out, log=log)
     print(f"results: {Path(args.out) / 'results.md'}", file=sys.stderr)
@@ -367,7 +367,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are one line and status 2, like every other error (``main``)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise PastureError(f"{self.prog}: {message}")
+        raise PastureError(message if self.prog == "pasture" else f"{self.prog}: {message}")
 
 
 def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
