@@ -221,3 +221,15 @@ def test_config_values_are_checked(field: str, value: object, problem: str) -> N
         ModelArgs(**{**vars(preset("debug")), field: value})
     assert (info.value.field, info.value.problem) == (field, problem) or problem in str(info.value)
     assert isinstance(info.value, PastureError) and isinstance(info.value, ValueError)
+
+
+def test_rotary_table_grown_during_evaluation_serves_training() -> None:
+    """Generation or evaluation on longer text grows the table under inference_mode; the next
+    training step must still be able to save it for backward."""
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=50, multiple_of=16))
+    with torch.inference_mode():
+        model(torch.zeros(1, 4, dtype=torch.long))
+        model(torch.zeros(1, 40, dtype=torch.long))  # grows the table
+    loss = model(torch.zeros(1, 33, dtype=torch.long)).sum()
+    loss.backward()
+    assert model.tok_embeddings.weight.grad is not None

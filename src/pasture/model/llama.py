@@ -443,9 +443,11 @@ class Transformer(nn.Module):
         need = self.args.max_seq_len if length is None else min(length, self.args.max_seq_len)
         if self.freqs_cis.device != device or self.freqs_cis.shape[0] < need:
             rows = min(self.args.max_seq_len, 1 << max(need - 1, 0).bit_length())
-            positions = torch.arange(rows, device=device)
-            table = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
-            self.freqs_cis = torch.view_as_real(table).contiguous()
+            # A table grown while evaluating (under inference_mode) must also serve training.
+            with torch.inference_mode(False):
+                positions = torch.arange(rows, device=device)
+                table = rotary_frequencies(self.args.head_dim, positions, self.args.rope_theta)
+                self.freqs_cis = torch.view_as_real(table).contiguous()
         return self.freqs_cis
 
 
