@@ -93,6 +93,23 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return torch.matmul(probs, v).view(B, H, 1, D)  # (B, H, 1, D)
 
 
+def masked_decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor
+) -> torch.Tensor:
+    """``decode_attention`` where ``visible`` (B, 1, 1, L) says which keys each row sees.
+
+    Each row's result depends on that row alone: CPU SDPA with a mask splits a batch over
+    threads by row index, so with it a row's last bits depended on where it sat in the batch
+    (continuous batching must give a request the output it gets alone)."""
+    B, H, _, D = q.shape
+    n_kv = k.shape[1]
+    grouped = q.reshape(B, n_kv, H // n_kv, D)  # (B, Hkv, group, D)
+    scores = torch.matmul(grouped, k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, group, L)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).view(B, H, 1, D)  # (B, H, 1, D)
+
+
 class DecodeCache(KVCache):
     """A ``KVCache`` whose one-token steps use ``decode_attention``: SDPA's CPU flash kernel
     tiles for long queries and is ~10x slower at a query length of 1."""
@@ -160,6 +177,8 @@ class RowCache(KVCache):
         keys = self.k if self.rows is None else self.k[self.rows]  # (R, Hkv, S, D)
         values = self.v if self.rows is None else self.v[self.rows]
         visible = self.index[:S] <= positions[:, None, :, None]  # (R, 1, T, S)
+        if T == 1:
+            return masked_decode_attention(q, keys, values, visible)
         return attention(q, keys, values, visible)
 
     def fork(self, batch_size: int) -> None:
@@ -171,12 +190,19 @@ class StaticCache:
     in the model's dtype and device, installed in ``model``'s attention layers until ``close``.
     See the module docstring for how a forward reads and writes it."""
 
-    def __init__(self, model: Transformer, batch_size: int, max_seq_len: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        batch_size: int,
+        max_seq_len: int | None = None,
+        fix: str = "lower batch_size or max_seq_len",
+    ) -> None:
+        """``fix`` ends the error line when memory cannot hold the cache: what to lower."""
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be at least 1")
         self.model, self.batch_size = model, batch_size
         self.max_seq_len = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
-        check_memory(model, batch_size, self.max_seq_len, "lower batch_size or max_seq_len")
+        check_memory(model, batch_size, self.max_seq_len, fix)
         self.layers: list[RowCache] = model.setup_cache(batch_size, self.max_seq_len, RowCache)
         self.layers[0].check = True
         # Compiled steps index the rotary table as it is: build it for every reachable position.

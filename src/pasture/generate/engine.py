@@ -43,7 +43,7 @@ import torch
 
 from ..errors import PastureError
 from ..model import Transformer
-from .cache import RowCache, StaticCache, check_memory
+from .cache import StaticCache
 from .generate import StreamDecoder, TokenizerLike, use_decode_layout
 from .sampling import sample
 
@@ -125,50 +125,6 @@ class Delta:
 
 
 _ids = itertools.count()
-
-
-class _DecodeRows(RowCache):
-    """A ``RowCache`` whose decode step (one token in every row) attends with two matmuls
-    under each row's mask, as ``decode_attention`` does: CPU SDPA splits a batch over threads
-    by row index, so with it a row's last bits depended on where the row sat in the batch."""
-
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        start_pos: int = 0,
-        positions: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        B, H, T, D = q.shape
-        if self.rows is not None or T != 1 or positions is None or self.k.shape[0] != B:
-            return super().attend(q, k, v, start_pos=start_pos, positions=positions, mask=mask)
-        S, n_kv = self.k.shape[2], self.k.shape[1]
-        eager = self.check and not torch.compiler.is_compiling()
-        if eager and (int(positions.min()) < 0 or int(positions.max()) >= S):
-            raise ValueError(f"positions must be in 0..{S - 1} (the cache's length)")
-        self.k[self.index[:B, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[self.index[:B, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        grouped = q.reshape(B, n_kv, H // n_kv, D)  # (B, Hkv, group, D)
-        scores = torch.matmul(grouped, self.k.transpose(-2, -1)) * D**-0.5  # (B, Hkv, group, S)
-        visible = self.index[:S] <= positions[:, :, None, None]  # (B, 1, 1, S)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(probs, self.v).view(B, H, 1, D)  # (B, H, 1, D)
-
-
-def _row_cache(model: Transformer, batch_size: int, max_seq_len: int | None) -> StaticCache:
-    """A ``StaticCache`` whose layers decode with ``_DecodeRows``."""
-    length = min(max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
-    check_memory(model, batch_size, length, "lower max_batch or max_seq_len")
-    cache = StaticCache(model, 1, 1)  # its checks and rotary table; layers replaced below
-    cache.batch_size, cache.max_seq_len = batch_size, length
-    cache.layers = model.setup_cache(batch_size, cache.max_seq_len, _DecodeRows)
-    cache.layers[0].check = True
-    model.rotary(model.tok_embeddings.weight.device, cache.max_seq_len)
-    return cache
 
 
 class Request:
@@ -309,7 +265,7 @@ class Engine:
         self.device = model.tok_embeddings.weight.device
         if self.device.type == "cpu":
             use_decode_layout(model)
-        self.cache = _row_cache(model, max_batch, max_seq_len)
+        self.cache = StaticCache(model, max_batch, max_seq_len, "lower max_batch or max_seq_len")
         self.max_batch, self.max_seq_len = max_batch, self.cache.max_seq_len
         self.prefill_chunk = prefill_chunk
         self.on_finish = on_finish  # called in the engine thread as each request ends
