@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "eval": {"model", "generate"},
     "train": {"model", "data", "parallel", "carbon", "eval"},
     "finetune": {"model", "data", "generate", "interop", "parallel", "train"},
-    "serve": {"model", "data", "generate", "interop", "finetune", "__init__"},
+    "serve": {"model", "data", "generate", "interop", "finetune"},
     "export": {"model", "data", "interop", "train"},
     "demo": {"model", "data", "generate", "interop", "train", "export"},
     # the package itself: what ``pasture.NAME`` re-exports

@@ -5,6 +5,9 @@
     pasture convert stories260K.bin out-hf --to hf --tokenizer tok512.model
     pasture init debug model-dir --tokenizer tokenizer.model
     pasture generate --checkpoint out-hf --prompt "Once upon a time" --max-new-tokens 50
+    pasture quantize out-hf out-int8 --dtype int8    # weight-only int8/int4
+    pasture serve --checkpoint out-hf                # OpenAI-compatible server + chat page
+    pasture finetune --config configs/finetune/demo.toml --checkpoint out-hf
     pasture tokenizer train --out tokenizer.model --vocab-size 32000   # default corpus: stdlib
     pasture eval --checkpoint out-hf --tasks paper --data-dir ../shared/data/eval --limit 20
     pasture demo
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +33,18 @@ from .data.corpus import default_corpus_files
 from .data.tokenizer import Tokenizer, train_tokenizer
 from .errors import PastureError
 from .eval.task import EvalSettings
-from .generate import Llama2cSampler, generate
+from .generate import Llama2cSampler, generate, generate_tokens
 from .interop import Checkpoint
+from .interop.loading import load_model
 from .model import PRESETS, Transformer, count_parameters, preset
+from .model.quant import QuantConfig
 
 DEVICE_HELP = "cpu, cuda, cuda:1, mps … (default: cuda if available, else cpu)"
+CHAT_TEMPLATE_HELP = (
+    "a .jinja file or tokenizer_config.json (default: chat_template.jinja beside the "
+    "checkpoint, else Alpaca's headers)"
+)
+DTYPES_Q = ("int8", "int4")
 
 
 def _device(name: str | None) -> torch.device:
@@ -151,11 +162,17 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 0:
         raise PastureError(f"--max-new-tokens {args.max_new_tokens}: must be 0 or more")
-    device = _device(args.device)
-    ckpt = interop.load(args.checkpoint, tokenizer=args.tokenizer)
-    if ckpt.tokenizer is None:
+    model, tokenizer = load_model(
+        args.checkpoint,
+        _device(args.device),
+        tokenizer=args.tokenizer,
+        quantize=_quant_config(args.quantize, args.group_size),
+    )
+    if tokenizer is None:
         raise PastureError(f"{args.checkpoint}: carries no tokenizer; pass --tokenizer PATH")
-    model = ckpt.to_model(device=device)
+    if args.chat:
+        _chat(args, model, tokenizer)
+        return
     prompts = args.prompt or [""]
     sampler = None
     if args.sampler == "llama2c":
@@ -172,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
         generate(
             model,
-            ckpt.tokenizer,
+            tokenizer,
             prompts[0],
             args.max_new_tokens,
             args.temperature,
@@ -186,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         return
     outs = generate(
         model,
-        ckpt.tokenizer,
+        tokenizer,
         prompts,
         args.max_new_tokens,
         args.temperature,
@@ -197,6 +214,81 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     for prompt, out in zip(prompts, outs, strict=True):
         print(json.dumps({"prompt": prompt, "completion": out}, ensure_ascii=False))
+
+
+def _quant_config(dtype: str | None, group_size: int) -> QuantConfig | None:
+    return None if dtype is None else QuantConfig(dtype, group_size)
+
+
+def _chat(args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer) -> None:
+    """Each --prompt as one user turn through the checkpoint's chat template (the one saved
+    beside it by ``pasture finetune``, else ``--chat-template``, else the default); the answer
+    ends at the end-of-sequence token."""
+    from .finetune.template import DEFAULT_TEMPLATE, encode_chat, find_template, load_template
+
+    if args.chat_template:
+        template = load_template(args.chat_template)
+    else:
+        template = find_template(Path(args.checkpoint)) or DEFAULT_TEMPLATE
+    prompts = [
+        encode_chat(tokenizer, template, [{"role": "user", "content": p}], True)[0]
+        for p in args.prompt or [""]
+    ]
+    outs = generate_tokens(
+        model,
+        prompts,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_p,
+        args.top_k,
+        args.seed,
+        stop_ids=(tokenizer.eos_id,),
+    )
+    for prompt, out in zip(args.prompt or [""], outs, strict=True):
+        print(json.dumps({"prompt": prompt, "answer": tokenizer.decode(out)}, ensure_ascii=False))
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .interop import quantized
+
+    cfg = QuantConfig(args.dtype, args.group_size)
+    quantized.check_destination(Path(args.dst), args.force)
+    ckpt = interop.load(args.src, tokenizer=args.tokenizer)
+    report = quantized.save(ckpt, Path(args.dst), cfg, force=args.force)
+    kept = f", {report['kept_float']} kept in float (shape)" if report["kept_float"] else ""
+    print(
+        f"{len(report['layers'])} linear layers -> {args.dtype}{kept}: {args.dst}", file=sys.stderr
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve  # FastAPI + uvicorn: the serve extra (one line if missing)
+
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        tokenizer=args.tokenizer,
+        device=_device(args.device),
+        dtype=interop.DTYPES[args.dtype] if args.dtype else None,
+        model_name=args.model_name,
+        chat_template=args.chat_template,
+        max_batch=args.max_batch,
+        max_seq_len=args.max_seq_len,
+        quantize=_quant_config(args.quantize, args.group_size),
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .finetune.config import load_finetune_config
+    from .finetune.run import finetune
+
+    cfg = load_finetune_config(args.config, args.set)
+    resume: str | bool = True if args.resume == "latest" else (args.resume or False)
+    summary = finetune(cfg, args.checkpoint, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> None:
@@ -406,8 +498,42 @@ def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
         default="torch",
         help="llama2c: run.c's RNG and top-p, to reproduce ./run -t T -p P -s SEED exactly",
     )
+    p.add_argument(
+        "--chat", action="store_true", help="each prompt is a user turn in the chat template"
+    )
+    p.add_argument("--chat-template", help=CHAT_TEMPLATE_HELP)
+    _add_quantize_arguments(p)
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("quantize", help="weight-only int8/int4 copy of a checkpoint")
+    p.add_argument("src", help="any format Pasture reads")
+    p.add_argument("dst", help="a folder: quantization.json, model.safetensors, tokenizer.model")
+    p.add_argument("--dtype", choices=DTYPES_Q, required=True)
+    p.add_argument("--group-size", type=int, default=128, help="int4: inputs per scale")
+    p.add_argument("--tokenizer")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server and chat page")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--tokenizer")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it to the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="then every /v1 request needs Authorization: Bearer KEY")
+    p.add_argument("--model-name", help="the name clients use (default: the checkpoint's)")
+    p.add_argument("--chat-template", help=CHAT_TEMPLATE_HELP)
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    p.add_argument("--max-seq-len", type=int, help="KV cache positions (default: the model's)")
+    p.add_argument("--dtype", choices=sorted(interop.DTYPES))
+    _add_quantize_arguments(p)
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=DTYPES_Q, help="weight-only, on load (on the device)")
+    p.add_argument("--group-size", type=int, default=128, help="int4: inputs per scale")
 
 
 def _tokenizer_verbs(sub: argparse._SubParsersAction) -> None:
@@ -456,6 +582,13 @@ def _training_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
     p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="instruction tuning (LLaMA-I, paper §4): LoRA or full")
+    p.add_argument("--config", help="TOML in configs/finetune/ (default: every key's default)")
+    p.add_argument("--checkpoint", required=True, help="any format Pasture reads")
+    p.add_argument("--set", action="append", default=[], help="override: key.sub=value")
+    p.add_argument("--resume", nargs="?", const="latest", help="latest checkpoint, or a path")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("plot", help="loss against tokens (the paper's Figure 1) as a PNG")
     p.add_argument("run_dirs", nargs="+")

@@ -53,7 +53,8 @@ def test_two_ranks_take_the_single_process_steps(tmp_path: Path, shared_data: Pa
         "--master-port",
         str(launch.free_port()),
         "-m",
-        "pasture.finetune.run",
+        "pasture.cli",
+        "finetune",
         "--checkpoint",
         str(base),
     ]

@@ -7,7 +7,7 @@ Pasture reads, LoRA or full, into a checkpoint in any format with its chat templ
 
 One process (CPU or one GPU), or under torchrun with FSDP2 (``parallel.tp`` must be 1):
 
-    torchrun --nproc-per-node 8 -m pasture.finetune.run --config configs/finetune/demo.toml \\
+    torchrun --nproc-per-node 8 -m pasture.cli finetune --config configs/finetune/demo.toml \\
         --checkpoint runs/demo/hf
 
 Each step takes ``grad_accum`` micro-batches per rank of ``rows`` rows of ``seq_len`` inputs
@@ -21,7 +21,6 @@ pasture.eval tasks every N steps into ``RUN/benchmarks.jsonl``, as in pretrainin
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -44,7 +43,7 @@ from ..parallel.parallelize import parallelize_model
 from ..train import checkpoint as train_checkpoint
 from ..train.benchmarks import benchmark_settings, run_benchmarks
 from ..train.optim import build_optimizer, lr_at
-from .config import FinetuneConfig, load_finetune_config
+from .config import FinetuneConfig
 from .data import Example, read_examples
 from .lora import apply_lora, merge_weights
 from .loss import finetune_step, response_loss, trained_tokens
@@ -293,38 +292,10 @@ def _finetune(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pasture.finetune.run`` (one process or under torchrun) until the CLI has
-    ``pasture finetune``: --config, --checkpoint, --set key=value…, --resume [PATH]."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="pasture finetune")
-    parser.add_argument("--config")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--resume", nargs="?", const="latest")
-    args = parser.parse_args(argv)
-    resume: str | bool = True if args.resume == "latest" else (args.resume or False)
-    try:
-        summary = finetune(load_finetune_config(args.config, args.set), args.checkpoint, resume)
-    except PastureError as e:
-        print(f"pasture: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 __all__ = [
     "answer",
     "export_model",
     "finetune",
-    "main",
     "read_all",
     "to_sequences",
     "prepare_model",

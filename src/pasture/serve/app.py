@@ -39,8 +39,9 @@ from ..finetune.template import DEFAULT_TEMPLATE, encode_chat, find_template, lo
 from ..generate.engine import Engine
 from ..generate.engine import Request as EngineRequest
 from ..generate.generate import TokenizerLike
-from ..interop import load as load_checkpoint
+from ..interop.loading import load_model
 from ..model import Transformer
+from ..model.quant import QuantConfig
 from .metrics import Metrics
 from .protocol import ApiError, ChunkWriter, Parsed, new_id, parse, response
 
@@ -275,19 +276,21 @@ def load_app(
     api_key: str | None = None,
     max_batch: int = 8,
     max_seq_len: int | None = None,
+    quantize: QuantConfig | None = None,
 ) -> FastAPI:
-    """``build_app`` for ``checkpoint`` (any format ``pasture.interop`` reads). The chat
+    """``build_app`` for ``checkpoint`` (any format ``pasture.interop`` reads; read onto
+    ``device`` tensor by tensor, weight-only ``quantize`` applied there). The chat
     template: ``chat_template`` (a .jinja file or a tokenizer_config.json), else
     ``chat_template.jinja`` beside the checkpoint, else Alpaca's headers. The model is named
     after the checkpoint's file or folder unless ``model_name`` says otherwise."""
     path = Path(checkpoint)
     template = load_template(chat_template) if chat_template else find_template(path)
-    ckpt = load_checkpoint(path, tokenizer=tokenizer)
-    if ckpt.tokenizer is None:
+    model, tok = load_model(path, device, dtype, tokenizer=tokenizer, quantize=quantize)
+    if tok is None:
         raise PastureError(f"{path}: no tokenizer in the checkpoint; pass --tokenizer FILE")
     return build_app(
-        ckpt.to_model(device=device, dtype=dtype),
-        ckpt.tokenizer,
+        model,
+        tok,
         model_name or (path.name if path.is_dir() else path.stem),
         chat_template=template or DEFAULT_TEMPLATE,
         api_key=api_key,
