@@ -8,6 +8,8 @@
 4. Export the trained model to Hugging Face's format and generate from it.
 5. If ``../shared/data/models`` is present, convert llama2.c's trained stories260K and tell a
    story.
+6. Instruction-tune the pretrained model (paper §4, LLaMA-I) on a synthetic instruction set
+   and answer one held-out instruction through the chat template saved beside it.
 
 Each step appends a JSON line to ``WORKDIR/demo.jsonl``.
 """
@@ -50,6 +52,7 @@ def run_demo(
     data: Path | None = None,
     corpus_bytes: int = 4_000_000,
     train_steps: int = 300,
+    finetune_steps: int = 150,
 ) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "demo.jsonl"
@@ -65,12 +68,13 @@ def run_demo(
     run_dir = _pretrain(workdir, corpus_bytes, train_steps, log)
     _generate_trained(workdir, run_dir, log)
     _stories(workdir, data or default_data_dir(), log)
+    _instruction_tune(workdir, finetune_steps, log)
     print(f"done in {time.perf_counter() - start:.1f}s; results in {log_path}")
 
 
 def _train_tokenizer(workdir: Path, corpus_bytes: int, log: Log) -> Tokenizer:
     files = default_corpus_files(max_bytes=corpus_bytes)
-    print(f"[1/5] training a tokenizer on {len(files)} stdlib files ({corpus_bytes:,} bytes)")
+    print(f"[1/6] training a tokenizer on {len(files)} stdlib files ({corpus_bytes:,} bytes)")
     tokenizer = train_tokenizer(files, workdir / "tokenizer.model", vocab_size=2000)
     digits = [tokenizer.id_to_piece(i) for i in tokenizer.encode("12345")]
     print(f"      {tokenizer.vocab_size} pieces; '12345' -> {digits}")
@@ -89,7 +93,7 @@ def _round_trip(workdir: Path, tokenizer: Tokenizer, log: Log) -> None:
     with torch.no_grad():
         reference = model(tokens)
     print(
-        f"[2/5] debug model: {count_parameters(config):,} parameters; round trip through "
+        f"[2/6] debug model: {count_parameters(config):,} parameters; round trip through "
         + " -> ".join(name for name, _ in ROUND_TRIP)
         + " -> meta"
     )
@@ -107,7 +111,7 @@ def _round_trip(workdir: Path, tokenizer: Tokenizer, log: Log) -> None:
 
 def _pretrain(workdir: Path, corpus_bytes: int, train_steps: int, log: Log) -> Path:
     run_dir = workdir / "train"
-    print(f"[3/5] pretraining the debug model for {train_steps} steps on the standard library")
+    print(f"[3/6] pretraining the debug model for {train_steps} steps on the standard library")
     overrides = [
         f"run_dir={run_dir}",
         f"steps={train_steps}",
@@ -142,7 +146,7 @@ def _pretrain(workdir: Path, corpus_bytes: int, train_steps: int, log: Log) -> P
 
 
 def _generate_trained(workdir: Path, run_dir: Path, log: Log) -> None:
-    print("[4/5] exporting the trained model to Hugging Face format and generating:")
+    print("[4/6] exporting the trained model to Hugging Face format and generating:")
     trained = export(run_dir, workdir / "trained-hf", "hf")
     text = generate(
         trained.to_model(),
@@ -160,7 +164,7 @@ def _generate_trained(workdir: Path, run_dir: Path, log: Log) -> None:
 def _stories(workdir: Path, data: Path, log: Log) -> None:
     stories = data / "models" / "stories260K"
     if (stories / "stories260K.bin").is_file():
-        print("[5/5] llama2.c's trained stories260K, converted to Hugging Face format, greedy:")
+        print("[5/6] llama2.c's trained stories260K, converted to Hugging Face format, greedy:")
         ckpt = interop.load(stories / "stories260K.bin", tokenizer=stories / "tok512.model")
         interop.save(ckpt, workdir / "stories260K-hf", "hf")
         ckpt = interop.load(workdir / "stories260K-hf")
@@ -168,4 +172,19 @@ def _stories(workdir: Path, data: Path, log: Log) -> None:
         print("      Once upon a time" + story.replace("\n", "\n      "))
         log("generate_stories260K", prompt="Once upon a time", completion=story)
     else:
-        print(f"[5/5] skipped: no stories260K under {data} (set PASTURE_DATA or pass --data)")
+        print(f"[5/6] skipped: no stories260K under {data} (set PASTURE_DATA or pass --data)")
+
+
+def _instruction_tune(workdir: Path, steps: int, log: Log) -> None:
+    from .finetune.demo import instruction_demo
+
+    print(f"[6/6] instruction-tuning the pretrained model ({steps} steps, synthetic instructions):")
+    tuned = instruction_demo(workdir, workdir / "trained-hf", steps=steps)
+    question = tuned["question"].replace("\n", " ")
+    print(f"      {question!r} -> {tuned['answer']!r} (expected {tuned['expected']!r})")
+    print(
+        f"      held-out response loss {tuned['loss_before']:.2f} -> {tuned['loss_after']:.2f}; "
+        f"model and chat template in {tuned['out']}"
+    )
+    fields = ("question", "answer", "expected", "loss_before", "loss_after", "out")
+    log("instruction_tune", **{k: tuned[k] for k in fields})
