@@ -63,3 +63,15 @@ def test_tables_follow_the_shots_and_the_largest_k_each_task_ran_with():
     assert header == ["MATH", "MATH maj1@16", "GSM8k", "GSM8k maj1@k"]
     assert _row(table, "Table 7", "this model") == ["12.5", "50.0", "75.0", "–"]
     assert "## Table 3" not in table  # no task of it ran
+
+
+def test_table_10_puts_the_model_beside_llama_i():
+    results = {"mmlu": _result("mmlu", {"average": 0.3125, "stem": 0.25}, shots=5)}
+    table = to_markdown(Outcome(results=results), model_name="my-tuned")
+    assert _row(table, "Table 10", "LLaMA-I 65B (paper)") == ["yes", "68.9"]
+    assert _row(table, "Table 10", "LLaMA 65B (paper)") == ["no", "63.4"]
+    assert _row(table, "Table 10", "my-tuned (5-shot)") == ["", "31.2"]
+    section = table.split("## Table 10")[1]
+    names = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert names[1:-1] == [f"{n} (paper)" for n in paper.MMLU_INSTRUCTION]  # the paper's order
+    assert "## Table 10" not in to_markdown(Outcome(results={}))

@@ -184,6 +184,19 @@ def _cell(result: TaskResult | None, column: Column) -> str:
     return text
 
 
+def _instruction_table(mmlu: TaskResult, model_name: str) -> list[str]:
+    """Table 10: MMLU five-shot of models without and with instruction finetuning (LLaMA-I),
+    the user's model last: how a ``pasture finetune`` run compares."""
+    column = paper.Column("MMLU (5-shot)", "mmlu", "average", None)
+    lines = ["## Table 10: instruction finetuning, MMLU five-shot\n"]
+    lines += ["| model | instruction-finetuned | MMLU |", "|---|---|---:|"]
+    for name, value in paper.MMLU_INSTRUCTION.items():
+        tuned = "yes" if name in paper.INSTRUCTION_FINETUNED else "no"
+        lines.append(f"| {name} (paper) | {tuned} | {value:.1f} |")
+    lines.append(f"| {model_name} ({mmlu.shots}-shot) | | {_cell(mmlu, column)} |\n")
+    return lines
+
+
 def to_markdown(outcome: Outcome, model_name: str = "this model") -> str:
     results = outcome.results
     parts = ["# Evaluation results\n"]
@@ -206,6 +219,8 @@ def to_markdown(outcome: Outcome, model_name: str = "this model") -> str:
         counts = ", ".join(f"{t} n={k}" for t, k in n.items())
         parts.append(f"| {model_name} | " + " | ".join(cells) + " |")
         parts.append(f"\n{counts}\n")
+    if "mmlu" in results:
+        parts += _instruction_table(results["mmlu"], model_name)
     if outcome.errors or outcome.skipped:
         parts.append("## Not evaluated\n")
         for name, message in {**outcome.errors, **outcome.skipped}.items():
