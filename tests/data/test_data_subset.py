@@ -87,6 +87,7 @@ def _pytest(root: Path, data: str | None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_conftest_skips_on_the_subset_and_fails_skips_with_the_full_set(tmp_path: Path) -> None:
     root = tmp_path / "clone"  # no ../shared/data beside it
     (root / "tests" / "assets" / "data").mkdir(parents=True)

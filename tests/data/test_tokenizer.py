@@ -125,6 +125,7 @@ def _rebuild(how: str, models: Path) -> Tokenizer:
     return Tokenizer.from_llama2c(meta / "tokenizer.bin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["model file", "model bytes", "vocab (GGUF)", "llama2.c bin"])
 def test_meta_tokenizer_matches_sentencepiece(
     how: str, models: Path, meta_model: Path, mixed_docs: list[str]

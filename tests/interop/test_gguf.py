@@ -136,6 +136,7 @@ def test_embedded_tokenizer_equals_llamas_sentencepiece_model(fixture_ckpt: Chec
     assert tok.encode("Hello world") == [15043, 3186]  # MANIFEST
 
 
+@pytest.mark.slow
 def test_logits_match_transformers_gguf_converter(fixture_ckpt: Checkpoint) -> None:
     # transformers permutes GGUF q/k into Hugging Face's rotate-half layout and runs its own
     # model; Pasture uses the GGUF rows as they are with Meta's interleaved rotary. Equal
@@ -156,6 +157,7 @@ def test_logits_match_transformers_gguf_converter(fixture_ckpt: Checkpoint) -> N
     assert max(moved) > 5e-5
 
 
+@pytest.mark.slow
 def test_f32_round_trip_is_exact(fixture_ckpt: Checkpoint, tmp_path: Path) -> None:
     out = tmp_path / "copy.gguf"
     pasture_gguf.save(fixture_ckpt, out)
@@ -186,6 +188,7 @@ def test_f16_round_trip_rounds_matrices_only(tmp_path: Path) -> None:
     assert not torch.equal(back.state_dict["output.weight"], ckpt.state_dict["output.weight"])
 
 
+@pytest.mark.slow
 def test_gqa_and_tied_model_round_trips_and_matches_transformers(tmp_path: Path) -> None:
     ckpt = llama2c.load(STORIES)  # GQA (8 heads, 4 kv heads) with a tied classifier
     out = tmp_path / "stories.gguf"

@@ -69,6 +69,7 @@ def test_convert_refuses_a_folder_of_user_files(
     assert interop.load(dst).format == fmt
 
 
+@pytest.mark.slow
 def test_convert_into_the_working_directory(tmp_path: Path, src: Path) -> None:
     work = tmp_path / "work"
     before = _user_folder(work)

@@ -33,6 +33,7 @@ def test_the_short_run_has_debug_tomls_learning_rates_over_the_golden_window(
     assert short == [lr_factor(step, full_steps, optim) for step in window]
 
 
+@pytest.mark.slow
 def test_debug_toml_losses_equal_the_golden_file(tmp_path: Path) -> None:
     golden = json.loads((GOLDEN_DIR / "debug_loss.json").read_text())
     here = make_golden.environment()
