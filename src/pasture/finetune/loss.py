@@ -9,14 +9,13 @@ reduction).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..train.optim import clip_grad_norm
+from ..train.loop import train_step
 from .packing import IGNORE, Batch
 
 
@@ -55,30 +54,21 @@ def finetune_step(
     grad_clip: float,
     autocast: bool = False,
 ) -> tuple[float, float, bool]:
-    """One optimizer step over ``micro_batches``: each one's summed loss divided by the step's
-    trained tokens, backward; gradients clipped; AdamW's step; gradients cleared.
+    """Pretraining's ``train_step`` with finetuning's share of the loss: each micro-batch's
+    summed loss divided by the step's trained tokens (every micro-batch, every rank).
 
     Returns (loss per trained token over the step, gradient norm, stepped); nothing is updated
     when either is not finite. Data parallel wrappers average gradients over ranks, so each
-    rank scales its loss by the world size to make the result the global per-token mean.
+    rank scales its share by the world size to make the result the global per-token mean (and
+    ``train_step``'s mean of the ranks' summed shares is then that mean too).
     """
-    total = trained_tokens(micro_batches)
     world = dist.get_world_size() if dist.is_initialized() else 1
-    scale = world / max(total, 1)
-    loss_sum = torch.zeros((), device=micro_batches[0].inputs.device)
-    for batch in micro_batches:
-        loss = summed_loss(logits_of(model, batch, autocast), batch.targets)
-        (loss * scale).backward()
-        loss_sum += loss.detach()
-    grad_norm = float(clip_grad_norm(model, grad_clip))
-    if dist.is_initialized():
-        dist.all_reduce(loss_sum)
-    loss_value = loss_sum.item() / max(total, 1)
-    stepped = math.isfinite(loss_value) and math.isfinite(grad_norm)
-    if stepped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_value, grad_norm, stepped
+    scale = world / max(trained_tokens(micro_batches), 1)
+
+    def share(batch: Batch) -> torch.Tensor:
+        return summed_loss(logits_of(model, batch, autocast), batch.targets) * scale
+
+    return train_step(model, optimizer, micro_batches, grad_clip, autocast, share=share)
 
 
 @torch.no_grad()

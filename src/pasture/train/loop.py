@@ -18,7 +18,7 @@ resolved config: ``train.config.RunRecord``), the metrics (``train.metrics``), c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,27 +67,35 @@ def micro_batch_loss(
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    micro_batches: Sequence[Any],
     grad_clip: float,
     autocast: bool,
     logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    share: Callable[[Any], torch.Tensor] | None = None,
 ) -> tuple[float, float, bool]:
-    """One optimizer step of the paper's recipe: each micro-batch's loss (scaled by 1 / their
-    number) backward, gradients clipped to ``grad_clip``, AdamW's step, gradients cleared.
+    """One optimizer step of the paper's recipe: each micro-batch's share of the step's loss
+    backward, gradients clipped to ``grad_clip``, AdamW's step, gradients cleared.
 
-    Returns (loss averaged over the micro-batches and all ranks, gradient norm, stepped). When
-    the loss or the norm is not finite nothing is updated (``stepped`` is False): the caller's
-    ``nan_policy`` decides. ``logits_of`` defaults to ``model`` (the GPU benchmark passes HF's
-    forward). Used by ``train``, the speed benchmarks and the parallel-equivalence tests, so
-    those measure and check this very step.
+    Returns (the step's loss: the shares summed, averaged over ranks; gradient norm; stepped).
+    When the loss or the norm is not finite nothing is updated (``stepped`` is False): the
+    caller's ``nan_policy`` decides. By default a micro-batch is (inputs, targets) and its share
+    is its mean cross-entropy over the number of micro-batches (``logits_of`` defaults to
+    ``model``; the GPU benchmark passes HF's forward). Finetuning passes ``share``: a packed
+    batch's summed response-token loss over the step's response tokens (``finetune.loss``).
+    Used by ``train``, ``finetune``, the speed benchmarks and the parallel-equivalence tests,
+    so those measure and check this very step.
     """
-    logits_of = logits_of or model
-    device = micro_batches[0][0].device
-    loss_sum = torch.zeros((), device=device)
-    for inputs, targets in micro_batches:
-        loss = micro_batch_loss(logits_of, inputs, targets, autocast)
-        (loss / len(micro_batches)).backward()
-        loss_sum += loss.detach() / len(micro_batches)
+    if share is None:
+        forward = logits_of or model
+
+        def share(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            return micro_batch_loss(forward, *batch, autocast) / len(micro_batches)
+
+    loss_sum: torch.Tensor | None = None
+    for batch in micro_batches:
+        loss = share(batch)
+        loss.backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     grad_norm = float(clip_grad_norm(model, grad_clip))
     loss_value = mean_over_ranks(loss_sum)
     stepped = math.isfinite(loss_value) and math.isfinite(grad_norm)
