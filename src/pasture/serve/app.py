@@ -61,59 +61,37 @@ async def _cancel_on_disconnect(http: Request, request: EngineRequest) -> None:
             return
 
 
-def build_app(
-    model: Transformer,
-    tokenizer: TokenizerLike,
-    model_name: str,
-    *,
-    chat_template: str = DEFAULT_TEMPLATE,
-    api_key: str | None = None,
-    max_batch: int = 8,
-    max_seq_len: int | None = None,
-    prefill_chunk: int = 128,
-) -> FastAPI:
-    """The server for one model. The engine thread starts now and stops at the app's
-    shutdown (``app.state.engine``); ``chat_template`` is a Jinja2 chat template (the model's
-    own; ``finetune.template.DEFAULT_TEMPLATE``, Alpaca's headers, when it has none)."""
-    metrics = Metrics()
-    engine = Engine(model, tokenizer, max_batch, max_seq_len, prefill_chunk, metrics.finished)
-    started = time.time()
+class _Service:
+    """What the routes do, for one model: authorize, parse, submit to the engine, answer."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.close()
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        tokenizer: TokenizerLike,
+        model_name: str,
+        chat_template: str,
+        api_key: str | None,
+    ) -> None:
+        self.engine, self.metrics, self.tokenizer = engine, metrics, tokenizer
+        self.model_name, self.chat_template, self.api_key = model_name, chat_template, api_key
+        self.started = time.time()
 
-    app = FastAPI(title="Pasture", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine, app.state.metrics = engine, metrics
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, bos=True)
 
-    def encode_text(text: str) -> list[int]:
-        return tokenizer.encode(text, bos=True)
-
-    def encode_messages(messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_messages(self, messages: Sequence[dict[str, str]]) -> list[int]:
         try:
-            return encode_chat(tokenizer, chat_template, messages, True)[0]
+            return encode_chat(self.tokenizer, self.chat_template, messages, True)[0]
         except PastureError as e:
             raise ApiError(str(e), param="messages") from None
 
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, e: ApiError) -> JSONResponse:
-        metrics.refuse(e.status)
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        metrics.refuse(e.status_code)
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(ApiError(str(e.detail), e.status_code, kind=kind).body(), e.status_code)
-
-    def authorize(http: Request) -> None:
-        if api_key is None:
+    def authorize(self, http: Request) -> None:
+        if self.api_key is None:
             return
-        given = http.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
+        scheme, _, token = http.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.encode(), api_key.encode()
+            token.encode(), self.api_key.encode()
         ):
             raise ApiError(
                 "Incorrect API key provided: send Authorization: Bearer <the server's --api-key>",
@@ -121,63 +99,28 @@ def build_app(
                 code="invalid_api_key",
             )
 
-    @app.get("/", response_class=HTMLResponse)
-    async def chat_page() -> HTMLResponse:
-        return HTMLResponse((files("pasture.serve") / CHAT_PAGE).read_text(encoding="utf-8"))
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_name}
-
-    @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
-
-    @app.get("/v1/models")
-    async def models(http: Request) -> dict[str, Any]:
-        authorize(http)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": model_name,
-                    "object": "model",
-                    "created": int(started),
-                    "owned_by": "pasture",
-                    "max_model_len": engine.max_seq_len,
-                }
-            ],
+    def models(self) -> dict[str, Any]:
+        card = {
+            "id": self.model_name,
+            "object": "model",
+            "created": int(self.started),
+            "owned_by": "pasture",
+            "max_model_len": self.engine.max_seq_len,
         }
+        return {"object": "list", "data": [card]}
 
-    async def generate(http: Request, chat: bool) -> Any:
-        authorize(http)
+    async def generate(self, http: Request, chat: bool) -> Any:
+        self.authorize(http)
         try:
             body = await http.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ApiError("the request body is not valid JSON") from None
-        parsed = parse(body, chat, model_name, encode_text, encode_messages)
-        param = "messages" if chat else "prompt"
-        n = len(parsed.prompt)
-        if n >= engine.max_seq_len:
-            raise ApiError(
-                f"this model's maximum context length is {engine.max_seq_len} tokens; the "
-                f"prompt has {n}: shorten it",
-                param=param,
-                code="context_length_exceeded",
-            )
-        if not parsed.max_tokens_given:  # chat without max_tokens: up to the context's end
-            params = dataclasses.replace(parsed.params, max_tokens=engine.max_seq_len - n)
-            parsed = dataclasses.replace(parsed, params=params)
-        too_long = n + parsed.params.max_tokens > engine.max_seq_len
-        try:
-            request = engine.submit(parsed.prompt, parsed.params, "chat" if chat else "completions")
-        except PastureError as e:
-            code = "context_length_exceeded" if too_long else None
-            raise ApiError(str(e), param=param, code=code) from None
+        parsed = parse(body, chat, self.model_name, self.encode_text, self.encode_messages)
+        request = self._submit(parsed, chat)
         rid = new_id(chat)
         if parsed.stream:
             return StreamingResponse(
-                _events(http, request, parsed, rid),
+                self._events(http, request, parsed, rid),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -194,14 +137,41 @@ def build_app(
         text = "".join(d.text for d in deltas)
         entries = [e for d in deltas for e in d.logprobs]
         finish = "stop" if finish == "cancelled" else finish
-        return response(parsed, rid, model_name, text, entries, finish, request.usage)
+        return response(parsed, rid, self.model_name, text, entries, finish, request.usage)
+
+    def _submit(self, parsed: Parsed, chat: bool) -> EngineRequest:
+        """The engine's request for ``parsed``, or the 400 that says why there is none."""
+        limit, param, n = (
+            self.engine.max_seq_len,
+            "messages" if chat else "prompt",
+            len(parsed.prompt),
+        )
+        if n >= limit:
+            raise ApiError(
+                f"this model's maximum context length is {limit} tokens; the prompt has {n}: "
+                "shorten it",
+                param=param,
+                code="context_length_exceeded",
+            )
+        if not parsed.max_tokens_given:  # chat without max_tokens: up to the context's end
+            parsed = dataclasses.replace(
+                parsed, params=dataclasses.replace(parsed.params, max_tokens=limit - n)
+            )
+        too_long = n + parsed.params.max_tokens > limit
+        try:
+            return self.engine.submit(
+                parsed.prompt, parsed.params, "chat" if chat else "completions"
+            )
+        except PastureError as e:
+            code = "context_length_exceeded" if too_long else None
+            raise ApiError(str(e), param=param, code=code) from None
 
     async def _events(
-        http: Request, request: EngineRequest, parsed: Parsed, rid: str
+        self, http: Request, request: EngineRequest, parsed: Parsed, rid: str
     ) -> AsyncIterator[str]:
         watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
         try:
-            writer = ChunkWriter(parsed, rid, model_name)
+            writer = ChunkWriter(parsed, rid, self.model_name)
             first = writer.first()
             if first is not None:
                 yield _sse(first)
@@ -220,13 +190,68 @@ def build_app(
             watcher.cancel()
             request.cancel()
 
+
+def build_app(
+    model: Transformer,
+    tokenizer: TokenizerLike,
+    model_name: str,
+    *,
+    chat_template: str = DEFAULT_TEMPLATE,
+    api_key: str | None = None,
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+    prefill_chunk: int = 128,
+) -> FastAPI:
+    """The server for one model. The engine thread starts now and stops at the app's
+    shutdown (``app.state.engine``); ``chat_template`` is a Jinja2 chat template (the model's
+    own; ``finetune.template.DEFAULT_TEMPLATE``, Alpaca's headers, when it has none)."""
+    metrics = Metrics()
+    engine = Engine(model, tokenizer, max_batch, max_seq_len, prefill_chunk, metrics.finished)
+    service = _Service(engine, metrics, tokenizer, model_name, chat_template, api_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(title="Pasture", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        metrics.refuse(e.status)
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
+        metrics.refuse(e.status_code)
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(str(e.detail), e.status_code, kind=kind).body(), e.status_code)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse((files("pasture.serve") / CHAT_PAGE).read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(engine), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(http: Request) -> dict[str, Any]:
+        service.authorize(http)
+        return service.models()
+
     @app.post("/v1/completions")
     async def completions(http: Request) -> Any:
-        return await generate(http, chat=False)
+        return await service.generate(http, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: Request) -> Any:
-        return await generate(http, chat=True)
+        return await service.generate(http, chat=True)
 
     return app
 
