@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "finetune": {"model", "data", "generate", "interop", "parallel", "train"},
     "serve": {"model", "data", "generate", "interop", "finetune"},
     "export": {"model", "data", "interop", "train"},
-    "demo": {"model", "data", "generate", "interop", "train", "export"},
+    "demo": {"model", "data", "generate", "interop", "train", "export", "finetune"},
     # the package itself: what ``pasture.NAME`` re-exports
     "__init__": {"model", "data", "generate", "interop"},
 }

@@ -183,6 +183,77 @@ def finetune(
             shutdown_distributed()
 
 
+def _resume(
+    cfg: FinetuneConfig,
+    resume: str | bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rank: int,
+    held_out_loss: Any,
+) -> tuple[int, int, float | None]:
+    """(first step, tokens trained before, held-out loss before finetuning): from the
+    checkpoint every rank agrees to resume from, or a fresh start (old logs removed)."""
+    run_dir = Path(cfg.run_dir)
+    path = train_checkpoint.resume_point(run_dir, resume)
+    if path is None:
+        if rank == 0:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run_dir / "benchmarks.jsonl").unlink(missing_ok=True)
+        return 0, 0, held_out_loss()
+    state = train_checkpoint.load(path, model, optimizer)
+    first = state["step"]
+    if first > cfg.steps:
+        raise PastureError(f"{path}: step {first} is past steps = {cfg.steps}; raise steps")
+    return first, state["loader"].get("trained_tokens", 0), state.get("loss_before")
+
+
+def _log(path: Path, record: dict[str, Any], cfg: FinetuneConfig, rate: float) -> None:
+    """Append ``record`` to metrics.jsonl every ``log_every`` steps, at the last step and
+    whenever it holds a held-out loss (an appended log, like pretraining's)."""
+    step = record["step"]
+    if step % cfg.log_every and step != cfg.steps and "held_out_loss" not in record:
+        return
+    record |= {"lr": lr_at(step - 1, cfg.steps, cfg.optim), "trained_tokens_per_s": rate}
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _read_inputs(
+    cfg: FinetuneConfig, checkpoint: str | Path, out: Path
+) -> tuple[interop.Checkpoint, str, list, list, int]:
+    """Everything a run reads, checked before any work: (the checkpoint, the chat template,
+    training and held-out sequences, how many training examples had no response token within
+    ``seq_len``). A destination that cannot be written is refused first."""
+    if cfg.parallel.tp != 1:
+        raise PastureError(f"parallel.tp = {cfg.parallel.tp}: finetuning shards with FSDP only")
+    interop.check_destination(out, cfg.out_format)
+    template = load_template(cfg.template or None)
+    train_examples, held_out_examples = read_all(cfg.data), read_all(cfg.eval_data)
+    ckpt = interop.load(checkpoint, cfg.tokenizer or None)
+    if ckpt.tokenizer is None:
+        raise PastureError(f"{checkpoint}: no tokenizer in the checkpoint: set tokenizer = PATH")
+    train = to_sequences(train_examples, ckpt.tokenizer, template, cfg)
+    held_out = to_sequences(held_out_examples, ckpt.tokenizer, template, cfg)
+    return ckpt, template, train, held_out, len(train_examples) - len(train)
+
+
+def _benchmark(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    cfg: FinetuneConfig,
+    settings: Any,  # train.benchmarks.benchmark_settings(...)
+    step: int,
+    tokens: int,
+    rank: int,
+) -> None:
+    """``[benchmarks]`` during finetuning, appended to RUN/benchmarks.jsonl as pretraining's."""
+    model.eval()  # run_benchmarks puts it back in training mode
+    rows = run_benchmarks(model, tokenizer, cfg.benchmarks.tasks, settings, step, tokens)
+    if rank == 0:
+        with (Path(cfg.run_dir) / "benchmarks.jsonl").open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def _finetune(
     cfg: FinetuneConfig,
     checkpoint: str | Path,
@@ -192,19 +263,10 @@ def _finetune(
     device: torch.device,
 ) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
-    if cfg.parallel.tp != 1:
-        raise PastureError(f"parallel.tp = {cfg.parallel.tp}: finetuning shards with FSDP only")
     out = Path(cfg.out) if cfg.out else run_dir / "model"
-    interop.check_destination(out, cfg.out_format)  # refuse before any work
-    template = load_template(cfg.template or None)
     bench = benchmark_settings(cfg.benchmarks, tp=1)  # names and files checked before any work
-    train_examples, held_out_examples = read_all(cfg.data), read_all(cfg.eval_data)
-    ckpt = interop.load(checkpoint, cfg.tokenizer or None)
-    if ckpt.tokenizer is None:
-        raise PastureError(f"{checkpoint}: no tokenizer in the checkpoint: set tokenizer = PATH")
+    ckpt, template, train, held_out, dropped = _read_inputs(cfg, checkpoint, out)
     tokenizer = ckpt.tokenizer
-    train = to_sequences(train_examples, tokenizer, template, cfg)
-    held_out = to_sequences(held_out_examples, tokenizer, template, cfg)
     if rank == 0:
         files.write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
 
@@ -226,22 +288,12 @@ def _finetune(
     summary: dict[str, Any] = {
         "examples": len(train),
         "held_out": len(held_out),
-        "dropped": len(train_examples) - len(train),  # no response token within seq_len
+        "dropped": dropped,  # no response token within seq_len
     }
     metrics = run_dir / "metrics.jsonl"
-    first, trained_before = 0, 0
-    path = train_checkpoint.resume_point(run_dir, resume)
-    if path is None:
-        if rank == 0:
-            metrics.unlink(missing_ok=True)
-            (run_dir / "benchmarks.jsonl").unlink(missing_ok=True)
-        summary["loss_before"] = held_out_loss()
-    else:
-        state = train_checkpoint.load(path, model, optimizer)
-        first, summary["loss_before"] = state["step"], state.get("loss_before")
-        trained_before = state["loader"].get("trained_tokens", 0)
-        if first > cfg.steps:
-            raise PastureError(f"{path}: step {first} is past steps = {cfg.steps}; raise steps")
+    first, trained_before, summary["loss_before"] = _resume(
+        cfg, resume, model, optimizer, rank, held_out_loss
+    )
     checkpointer = train_checkpoint.Checkpointer(
         run_dir, cfg.checkpoint.keep, cfg.checkpoint.async_save
     )
@@ -258,22 +310,13 @@ def _finetune(
         if not stepped:
             raise PastureError(f"step {step + 1}: loss or gradient not finite; lower optim.lr")
         trained += trained_tokens(micro)  # over every rank
-        last = step == cfg.steps - 1
         record: dict[str, Any] = {"step": step + 1, "loss": loss, "grad_norm": grad_norm}
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or last):
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             record["held_out_loss"] = held_out_loss()
-        if rank == 0 and ((step + 1) % cfg.log_every == 0 or last or "held_out_loss" in record):
-            record["lr"] = lr_at(step, cfg.steps, cfg.optim)
-            record["trained_tokens_per_s"] = trained / (time.perf_counter() - start)
-            with metrics.open("a") as f:  # an appended log, like pretraining's
-                f.write(json.dumps(record) + "\n")
+        if rank == 0:
+            _log(metrics, record, cfg, trained / (time.perf_counter() - start))
         if bench is not None and cfg.benchmarks.due(step + 1, cfg.steps):
-            model.eval()
-            tokens = trained_before + trained
-            rows = run_benchmarks(model, tokenizer, cfg.benchmarks.tasks, bench, step + 1, tokens)
-            if rank == 0:
-                with (run_dir / "benchmarks.jsonl").open("a") as f:  # as pretraining's
-                    f.writelines(json.dumps(row) + "\n" for row in rows)
+            _benchmark(model, tokenizer, cfg, bench, step + 1, trained_before + trained, rank)
         if cfg.checkpoint.due(step + 1, cfg.steps):
             loader = {
                 "micro_batches": (step + 1) * per_step,
