@@ -6,8 +6,8 @@ out=${1:?output folder}; mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 run=/tmp/pasture-nccl-run; rm -rf "$run"
 common=(-m pasture.cli train --config configs/train/debug.toml --set run_dir=$run
-        --set steps=12 --set checkpoint_every=4 --set optim.warmup_steps=2 --set log_every=4
-        --set data.corpus_bytes=1000000 --set data.vocab_size=1000 --set tensorboard=false)
+        --set steps=12 --set checkpoint.every=4 --set optim.warmup_steps=2 --set metrics.log_every=4
+        --set data.corpus_bytes=1000000 --set data.vocab_size=1000 --set metrics.tensorboard=false)
 {
   echo "== torchrun, 1 rank, NCCL: train, kill-free resume"
   timeout 120 python3 -m torch.distributed.run --nproc-per-node 1 --master-port 29555 "${common[@]}" --set steps=8

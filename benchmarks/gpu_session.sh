@@ -24,8 +24,8 @@ echo "gpu_train_speed exit: $?"
 run=/tmp/pasture-gpu-run
 rm -rf "$run"
 common=(--config configs/train/debug.toml --set device=cuda --set parallel.mixed_precision=bf16
-        --set parallel.compile=true --set run_dir=$run --set log_every=5 --set eval_every=10
-        --set checkpoint_every=10 --set optim.warmup_steps=5)
+        --set parallel.compile=true --set run_dir=$run --set metrics.log_every=5 --set eval_every=10
+        --set checkpoint.every=10 --set optim.warmup_steps=5)
 {
   timeout 150 $py -m pasture.cli train "${common[@]}" --set steps=20
   echo "train exit: $?"

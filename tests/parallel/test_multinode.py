@@ -18,7 +18,7 @@ import pytest
 from test_parallelize import RTOL, STEPS, WORKER, _reference_losses
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "log_every=1", "optim.warmup_steps=2"]
+SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "metrics.log_every=1", "optim.warmup_steps=2"]
 
 
 def _two_nodes(tmp_path: Path, name: str, *command: str, timeout: float = 240) -> None:
@@ -67,8 +67,8 @@ TRAIN = ["-m", "pasture.cli", "train", "--config", str(REPO / "configs/train/deb
 
 
 def _train_command(run: Path) -> list[str]:
-    settings = [*SMALL, f"run_dir={run}", "steps=6", "checkpoint_every=3", "keep_checkpoints=2"]
-    settings += ["batch_tokens=4096", "checkpoint_async=true"]  # one micro-batch per rank
+    settings = [*SMALL, f"run_dir={run}", "steps=6", "checkpoint.every=3", "checkpoint.keep=2"]
+    settings += ["batch_tokens=4096", "checkpoint.async_save=true"]  # one micro-batch per rank
     return [*TRAIN, *(f"--set={s}" for s in settings)]
 
 

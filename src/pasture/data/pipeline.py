@@ -55,7 +55,6 @@ log = logging.getLogger("pasture.data")
 @dataclass
 class BuildConfig:
     seed: int = 0
-    seq_len: int = 2048
     tokenizer: str = ""  # a SentencePiece model; empty: train one on the built documents
     vocab_size: int = 32000  # for a tokenizer trained here
     token_budget: float = 1.4e12  # the paper's 1.4T tokens, for the epochs column of Table 1
