@@ -277,6 +277,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         max_seq_len=args.max_seq_len,
         quantize=_quant_config(args.quantize, args.group_size),
+        compile="inductor" if args.compile else None,
     )
 
 
@@ -527,6 +528,11 @@ def _checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seq-len", type=int, help="KV cache positions (default: the model's)")
     p.add_argument("--dtype", choices=sorted(interop.DTYPES))
     _add_quantize_arguments(p)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step whole (CUDA graphs on a GPU); the first requests wait",
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_serve)
 

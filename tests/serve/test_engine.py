@@ -205,3 +205,16 @@ def test_bad_requests_are_one_line_errors(stories) -> None:
         assert engine.submit([1] * 500, SamplingParams(max_tokens=12, temperature=0)).result()
     finally:
         engine.close()
+
+
+def test_decode_step_compiles_whole_and_gives_the_same_tokens(stories) -> None:
+    """compile="eager" traces the engine's decode step with fullgraph=True (no graph break, no
+    host sync: what CUDA graphs need on a GPU, where compile="inductor" captures it) and must
+    give the eager engine's greedy tokens."""
+    prompt = stories[1].encode(PROMPTS[1], bos=True)
+    params = SamplingParams(max_tokens=12, temperature=0)
+    eager = _alone(load_copy(*stories), prompt, params, max_batch=2)
+    traced = _alone(load_copy(*stories), prompt, params, max_batch=2, compile="eager")
+    assert traced == eager
+    with pytest.raises(PastureError, match="compile = 'fast'"):
+        Engine(*load_copy(*stories), compile="fast")

@@ -258,14 +258,18 @@ class Engine:
         max_seq_len: int | None = None,
         prefill_chunk: int = 128,
         on_finish: Callable[[Request], None] | None = None,
+        compile: str | None = None,
     ) -> None:
         if max_batch < 1 or prefill_chunk < 1:
             raise PastureError("max_batch and prefill_chunk must be at least 1")
+        if compile not in (None, "eager", "inductor"):
+            raise PastureError(f"compile = {compile!r}: use inductor, eager, or leave it unset")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.tok_embeddings.weight.device
         if self.device.type == "cpu":
             use_decode_layout(model)
         self.cache = StaticCache(model, max_batch, max_seq_len, "lower max_batch or max_seq_len")
+        self._decode_logits = self._compiled(compile)
         self.max_batch, self.max_seq_len = max_batch, self.cache.max_seq_len
         self.prefill_chunk = prefill_chunk
         self.on_finish = on_finish  # called in the engine thread as each request ends
@@ -412,10 +416,25 @@ class Engine:
             else:  # a harmless write: the next prefill chunk overwrites this position
                 positions[i, 0] = row.prefilled
         self.cache.select(None)
-        h = self.model.hidden(tokens.to(self.device), positions=positions.to(self.device))
-        logits = self.model.logits(h[:, -1])  # (B, vocab)
+        logits = self._decode_logits(tokens.to(self.device), positions.to(self.device))
         self.stats["decode_steps"] += 1
         self._choose({i: logits[i] for i in decoding})
+
+    def _step_logits(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The decode step: (B, 1) tokens at (B, 1) positions → (B, vocab) logits."""
+        h = self.model.hidden(tokens, positions=positions)
+        return self.model.logits(h[:, -1])
+
+    def _compiled(self, mode: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The decode step as run: eager (None); "inductor": compiled whole, with CUDA graphs
+        on a GPU (gpt-fast's ``reduce-overhead``); "eager": traced whole by torch.compile but run
+        eagerly (a check that the step has no graph break or host sync)."""
+        if mode is None:
+            return self._step_logits
+        if mode == "eager":
+            return torch.compile(self._step_logits, backend="eager", fullgraph=True)
+        reduce = "reduce-overhead" if self.device.type == "cuda" else None
+        return torch.compile(self._step_logits, mode=reduce, fullgraph=True)
 
     def _choose(self, logits: dict[int, torch.Tensor]) -> None:
         """Sample each row's next token from its logits (vocab,) and emit what it adds."""

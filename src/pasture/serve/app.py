@@ -201,12 +201,15 @@ def build_app(
     max_batch: int = 8,
     max_seq_len: int | None = None,
     prefill_chunk: int = 128,
+    compile: str | None = None,
 ) -> FastAPI:
     """The server for one model. The engine thread starts now and stops at the app's
     shutdown (``app.state.engine``); ``chat_template`` is a Jinja2 chat template (the model's
     own; ``finetune.template.DEFAULT_TEMPLATE``, Alpaca's headers, when it has none)."""
     metrics = Metrics()
-    engine = Engine(model, tokenizer, max_batch, max_seq_len, prefill_chunk, metrics.finished)
+    engine = Engine(
+        model, tokenizer, max_batch, max_seq_len, prefill_chunk, metrics.finished, compile
+    )
     service = _Service(engine, metrics, tokenizer, model_name, chat_template, api_key)
 
     @contextlib.asynccontextmanager
@@ -302,6 +305,7 @@ def load_app(
     max_batch: int = 8,
     max_seq_len: int | None = None,
     quantize: QuantConfig | None = None,
+    compile: str | None = None,
 ) -> FastAPI:
     """``build_app`` for ``checkpoint`` (any format ``pasture.interop`` reads; read onto
     ``device`` tensor by tensor, weight-only ``quantize`` applied there). The chat
@@ -321,6 +325,7 @@ def load_app(
         api_key=api_key,
         max_batch=max_batch,
         max_seq_len=max_seq_len,
+        compile=compile,
     )
 
 
