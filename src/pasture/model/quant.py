@@ -5,7 +5,9 @@ int4: groups of ``group_size`` input channels, each with a scale and a zero (asy
 the "tinygemm" convention of gpt-fast and torchao: ``w ≈ (q - 8) · scale + zero``, q in 0..15),
 ``torch._weight_int4pack_mm_for_cpu`` on CPU and ``torch._weight_int4pack_mm`` on CUDA.
 
-Activations stay in the model's dtype. What is stored (``state_dict``) is device-neutral: int8
+Activations keep the model's dtype between layers; the CPU kernels take them in bfloat16 (the
+only dtype they vectorize), the CUDA int4 kernel too. What is stored (``state_dict``) is
+device-neutral: int8
 weights and float32 scales; int4 weights two to a byte (even column in the high nibble) with
 float32 ``scales_and_zeros`` (K / group, N, 2). The kernels' own packed layout differs between
 CPU and CUDA, so it is built from the stored form on the device the module runs on, once.
@@ -78,6 +80,18 @@ def dequantize(module: Int8Linear | Int4Linear) -> torch.Tensor:
     return (q - 8) * scale + zero
 
 
+def _kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """Activations as the CPU kernels want them: bfloat16. torch's CPU int8/int4 weight-only
+    kernels are vectorized for bfloat16 activations only; with float32 they run a scalar loop
+    16-22x slower (benchmarks/RESULTS.md, decode section). GPU activations pass unchanged.
+
+    Except where the inner size is not a multiple of 16: torch 2.13's bfloat16 CPU int8 kernel
+    reads past the row there (a segfault at 100 or 172 columns), so those keep float32."""
+    if x.device.type != "cpu" or x.shape[-1] % 16:
+        return x
+    return x.to(torch.bfloat16)
+
+
 class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, device=None) -> None:
         super().__init__()
@@ -87,9 +101,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        out = torch._weight_int8pack_mm(flat, self.weight, self.scales.to(x.dtype))
-        return out.reshape(*x.shape[:-1], self.out_features)
+        flat = _kernel_input(x.reshape(-1, self.in_features))
+        out = torch._weight_int8pack_mm(flat, self.weight, self.scales.to(flat.dtype))
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
 class Int4Linear(nn.Module):
@@ -114,7 +128,7 @@ class Int4Linear(nn.Module):
                 self._kernel = (packed, self.scales_and_zeros.to(torch.bfloat16))
             else:
                 packed = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(self.weight), 2)
-                self._kernel = (packed, self.scales_and_zeros)
+                self._kernel = (packed, self.scales_and_zeros.to(torch.bfloat16))
         return self._kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +137,8 @@ class Int4Linear(nn.Module):
         if flat.device.type == "cuda":  # the CUDA kernel takes bfloat16 activations only
             out = torch._weight_int4pack_mm(flat.to(torch.bfloat16), packed, self.group_size, sz)
         else:
-            out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, sz.to(x.dtype))
+            flat = _kernel_input(flat)
+            out = torch._weight_int4pack_mm_for_cpu(flat, packed, self.group_size, sz)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
