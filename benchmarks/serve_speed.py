@@ -17,7 +17,9 @@ Each server is the real command started as a subprocess on a free 127.0.0.1 port
 thread count (``pasture serve`` under OMP_NUM_THREADS, ``python -m llama_cpp.server
 --n_threads``). Clients are asyncio coroutines speaking HTTP/1.1 over plain sockets to
 ``/v1/completions`` with ``stream: true``, temperature 0: at each concurrency level N, N clients
-each send ``--requests-per-client`` requests one after another (closed loop, distinct prompts).
+each send ``--requests-per-client`` requests one after another (closed loop, distinct prompts;
+``--one-client-requests`` at N = 1). llama-cpp-python's server serves one request at a time, so
+it is measured up to ``--llama-cpp-max-clients`` (8, the goal's level).
 Per level: requests/s, aggregate completion tokens/s (tokens / wall from the first request to
 the last answer), time to first token (the first SSE event with text) and end-to-end latency,
 p50 and p99 (nearest rank: with few samples p99 is the slowest). The order of the two servers
@@ -398,7 +400,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="stories110M")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--requests-per-client", type=int, default=1, help="with 2+ clients")
+    parser.add_argument(
+        "--one-client-requests", type=int, default=2, help="at 1 client and in-process"
+    )
+    parser.add_argument(
+        "--llama-cpp-max-clients",
+        type=int,
+        default=8,
+        help="llama-cpp-python's server runs one request at a time: past the goal's 8 clients "
+        "more clients only queue longer",
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--max-batch", type=int, default=8, help="pasture serve's (its default)")
@@ -413,7 +425,8 @@ def main() -> None:
     )
     cli = parser.parse_args()
     if cli.smoke:
-        cli.size, cli.clients, cli.requests_per_client, cli.max_tokens = "debug", [1, 2], 1, 8
+        cli.size, cli.clients, cli.max_tokens = "debug", [1, 2], 8
+        cli.requests_per_client = cli.one_client_requests = 1
     torch.set_num_threads(cli.threads)
     missing = [m for m in LLAMA_CPP_MODULES if importlib.util.find_spec(m) is None]
     with_llama = not cli.no_llama_cpp and not missing
@@ -430,6 +443,7 @@ def main() -> None:
         "smoke": cli.smoke,
         "max_tokens": cli.max_tokens,
         "requests_per_client": cli.requests_per_client,
+        "one_client_requests": cli.one_client_requests,
         "pasture_max_batch": cli.max_batch,
         "note": "machine shared with other sessions' jobs: see load averages",
         "load_avg_start": load_avg(),
@@ -482,16 +496,19 @@ def _measure(servers: list[Server], gguf: Path, cli: argparse.Namespace, record:
         asyncio.run(run_level(s, 1, 1, cli))
     for i, clients in enumerate(cli.clients):
         order = servers if i % 2 == 0 else servers[::-1]
+        per_client = cli.one_client_requests if clients == 1 else cli.requests_per_client
         for s in order:
+            if s.name == "llama_cpp" and clients > cli.llama_cpp_max_clients:
+                continue
             load = load_avg()
-            summary, samples = asyncio.run(run_level(s, clients, cli.requests_per_client, cli))
+            summary, samples = asyncio.run(run_level(s, clients, per_client, cli))
             rows.append({"server": s.name, "clients": clients, **summary, "load_avg": load})
             if clients == 1:
                 first_texts[s.name] = samples[0].text
             print(f"{s.name} x{clients}: {summary['tok_s']} tok/s", flush=True)
         if clients == 1:
             load = load_avg()
-            summary = in_process(gguf, cli.requests_per_client, cli)
+            summary = in_process(gguf, cli.one_client_requests, cli)
             rows.append({"server": "in_process", "clients": 1, **summary, "load_avg": load})
     if "llama_cpp" in first_texts:  # the same greedy text from the same weights?
         a, b = first_texts["pasture"], first_texts["llama_cpp"]

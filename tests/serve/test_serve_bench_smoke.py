@@ -31,8 +31,8 @@ def test_smoke_run_serves_every_level(tmp_path: Path) -> None:
     expected = {(s, c) for s in servers for c in (1, 2)} | {("in_process", 1)}
     rows = {(r["server"], r["clients"]): r for r in record["levels"]}
     assert set(rows) == expected and len(record["levels"]) == len(expected)
-    per_client = record["requests_per_client"]
     for (_, clients), row in rows.items():
+        per_client = record["one_client_requests" if clients == 1 else "requests_per_client"]
         # Every request ran to max_tokens (the script checks finish_reason "length").
         assert row["requests"] == clients * per_client
         assert row["completion_tokens"] == row["requests"] * record["max_tokens"]
