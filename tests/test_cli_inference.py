@@ -32,6 +32,7 @@ def _generate(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_quantized_checkpoint_generates_as_quantize_on_load(stories, tmp_path, capsys) -> None:
     src, _, tok = stories
     dst = tmp_path / "int8"
@@ -58,6 +59,7 @@ def test_quantize_errors_are_one_line(stories, tmp_path, capsys) -> None:
               capsys, "--quantize")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_chat_uses_the_template_beside_the_checkpoint(stories, tmp_path, capsys) -> None:
     src, _, tok = stories
     hf = tmp_path / "hf"
@@ -78,6 +80,7 @@ def test_chat_uses_the_template_beside_the_checkpoint(stories, tmp_path, capsys)
     assert beside["prompt"] == "Tell a story." and isinstance(beside["answer"], str)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_serve_starts_from_the_command_line(stories, tmp_path) -> None:
     src, _, tok = stories

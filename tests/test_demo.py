@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pasture.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo(tmp_path: Path, shared_data: Path, capsys) -> None:
     run_demo(tmp_path, data=shared_data, corpus_bytes=1_000_000, train_steps=40, finetune_steps=60)
     steps = [json.loads(line) for line in (tmp_path / "demo.jsonl").read_text().splitlines()]

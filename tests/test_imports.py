@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pasture"
 LEAVES = {"errors", "config", "files"}  # any part may import these
 # Which parts (packages and top-level modules of pasture) each may import, besides LEAVES.
@@ -129,6 +131,7 @@ def _reachable(part: str) -> set[str]:
     return seen
 
 
+@pytest.mark.slow
 def test_importing_a_part_loads_only_what_it_may_import() -> None:
     """In a fresh interpreter: ``import pasture.model`` loads the model, generation and errors,
     none of HEAVY; then each part, imported alone, loads only parts it may reach in ALLOWED."""

@@ -213,6 +213,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bomb_stays_under_1gb(case: str, tmp_path: Path) -> None:
     builder, source, how, reason, docs = CASES[case]

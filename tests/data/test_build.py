@@ -80,6 +80,7 @@ def full_build(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     return out, report, cfg
 
 
+@pytest.mark.slow
 def test_full_build_report(full_build) -> None:
     out, report, _ = full_build
     assert set(report["sources"]) == set(LLAMA_MIXTURE)
@@ -147,6 +148,7 @@ def _cli_build(input_root: Path, out: Path, tokenizer: Path, *extra: str) -> sub
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_is_byte_identical(shared_data: Path, tmp_path: Path) -> None:
     root = _subset(shared_data, tmp_path / "in")
     tokenizer = shared_data / "models" / "llama-tokenizer" / "tokenizer.model"
@@ -166,6 +168,7 @@ def test_kill_and_rerun_is_byte_identical(shared_data: Path, tmp_path: Path) -> 
     assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
 
 
+@pytest.mark.slow
 def test_ray_executor_matches_local(shared_data: Path, tmp_path: Path) -> None:
     root = _subset(shared_data, tmp_path / "in")
     tokenizer = str(shared_data / "models" / "llama-tokenizer" / "tokenizer.model")
@@ -175,6 +178,7 @@ def test_ray_executor_matches_local(shared_data: Path, tmp_path: Path) -> None:
     assert len(local) > 20 and local == ray_out
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_skipped_with_their_reason(
     shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -219,6 +223,7 @@ def test_bad_inputs_are_skipped_with_their_reason(
         assert docs >= clean["sources"][source]["documents"], source
 
 
+@pytest.mark.slow
 def test_config_errors_stop_before_any_work(tmp_path: Path, shared_data: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[mixture]\ncommoncrawl = 0.5\nreddit = 0.5\n")

@@ -40,6 +40,7 @@ def test_read_both_variants(shared_data: Path, real_docs: list) -> None:
     assert c4.normalize_timestamp("2019-04-25 12:57:54") == "2019-04-25T12:57:54Z"
 
 
+@pytest.mark.slow
 def test_real_c4_mostly_passes_and_lines_are_clean(real_docs: list) -> None:
     docs = [c4.Document(d.text, d.id, d.source, dict(d.metadata)) for d in real_docs]
     ctx = Context("test")

@@ -159,6 +159,7 @@ def test_language_identifier() -> None:
         language.LanguageIdentifier("/nonexistent/lid.176.bin")
 
 
+@pytest.mark.slow
 def test_ngram_lm_ranks_wikipedia_above_garbage(wiki_texts: list[str], tmp_path: Path) -> None:
     train, held_out = wiki_texts[:30], wiki_texts[30:]
     lines = [line for t in train for line in t.split("\n") if line.strip()]
@@ -192,6 +193,7 @@ def test_ngram_lm_ranks_wikipedia_above_garbage(wiki_texts: list[str], tmp_path:
     assert all(np.array_equal(a, b) for a, b in zip(one.grams, two.grams, strict=True))
 
 
+@pytest.mark.slow
 def test_reference_classifier_learns_wikipedia_vs_web(
     wiki_texts: list[str], web_texts: list[str], tmp_path: Path
 ) -> None:

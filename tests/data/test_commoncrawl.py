@@ -155,6 +155,7 @@ def _run(root: Path, work: Path, opts: cc.Options) -> tuple[list, Context]:
     return list(run_steps(docs, cc.steps(opts, work), ctx)), ctx
 
 
+@pytest.mark.slow
 def test_ccnet_pipeline_dedup_and_schema(shared_data: Path, prepared: tuple[Path, Path]) -> None:
     work, root = prepared
     opts = _opts(work, keep_buckets=["head", "middle", "tail"])

@@ -211,6 +211,7 @@ def _read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield Path("/sys/kernel")
 
 
+@pytest.mark.slow
 def test_read_only_out_is_one_line_exit_2(shared_data: Path, tmp_path: Path) -> None:
     with _read_only_folder(tmp_path) as out:
         before = sorted(out.iterdir())
@@ -230,6 +231,7 @@ def _markers(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "done").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_resume_redoes_exactly_the_shards_whose_inputs_changed(
     shared_data: Path, tmp_path: Path
 ) -> None:

@@ -94,6 +94,7 @@ def test_c4_page_cap_and_url_dedup_as_tfds(shared_data: Path, tmp_path: Path) ->
     assert len(list(run_steps(real_docs, c4.steps(opts, tmp_path)[:2], ctx))) == 1030
 
 
+@pytest.mark.slow
 @pytest.mark.full_data  # a sample outside tests/assets/data
 def test_c4_language_rule_keeps_real_c4_pages(shared_data: Path, tmp_path: Path) -> None:
     # TFDS detect_english keeps langdetect's "en" at ≥ 0.99: every real C4 page reaching the

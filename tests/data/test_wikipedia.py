@@ -68,6 +68,7 @@ def _build_shards(root: Path, work_dir: Path, opts=OPTS) -> tuple[list[Document]
     return docs, ctx
 
 
+@pytest.mark.slow
 def test_ids_unique_and_the_newest_revision_kept(wiki: Path, tmp_path: Path) -> None:
     # enwiki/316 is in both enwiki samples: revision 708657499 (2016) and 816755349 (2017).
     root = tmp_path / "in"
@@ -131,6 +132,7 @@ def test_german_keeps_main_namespace_and_no_redirects(wiki: Path, tmp_path: Path
     assert [(d.id, d.text) for d in again] == [(d.id, d.text) for d in docs]
 
 
+@pytest.mark.slow
 def test_truncated_ukrainian_dump_keeps_its_complete_pages(wiki: Path, tmp_path: Path) -> None:
     docs, ctx = run_source(wiki / "ukwiki-truncated-100k.xml.xz", tmp_path)
     assert len(docs) >= 500

@@ -97,6 +97,7 @@ def test_humaneval_reads_the_published_file(humaneval: list[Problem]) -> None:
     assert "def check(candidate):" in program
 
 
+@pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(
     humaneval: list[Problem],
 ) -> None:
@@ -136,6 +137,7 @@ def test_mbpp_test_split_and_prompt(mbpp_records: dict) -> None:
         mbpp_problems(mbpp_records, shots=4)
 
 
+@pytest.mark.slow
 def test_mbpp_reference_code_passes_and_wrong_code_fails(mbpp_records: dict) -> None:
     problems = mbpp_problems(mbpp_records)
     # every 25th problem, and the one whose test setup code uses the solution's class
@@ -175,6 +177,7 @@ class ScriptedModel:
         return out
 
 
+@pytest.mark.slow
 def test_humaneval_task_on_the_contract(humaneval: list[Problem], eval_data: Path) -> None:
     model = ScriptedModel(humaneval)
     settings = EvalSettings(data_dir=eval_data, limit=4, samples=3, seed=7)
@@ -238,6 +241,7 @@ print(json.dumps(report))
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="dropping CAP_SYS_ADMIN needs root and setpriv (util-linux)",
 )
+@pytest.mark.slow
 def test_code_tasks_refuse_a_sandbox_that_cannot_contain_writes(eval_data: Path) -> None:
     """Root without CAP_SYS_ADMIN and without Landlock: generated code could write anywhere
     world-writable, so code tasks refuse unless the user opts in by name."""

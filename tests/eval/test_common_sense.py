@@ -52,6 +52,7 @@ def test_the_papers_tasks_and_sections():
     assert [n for n, t in TASKS.items() if t.section == "common_sense"] == NAMES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_each_task_runs_on_its_file(lm, shared_data, name):
     task = TASKS[name]
@@ -249,6 +250,7 @@ def test_missing_file_is_named(tmp_path, lm):
         TASKS["hellaswag"].run(lm, EvalSettings(tmp_path))
 
 
+@pytest.mark.slow
 def test_batch_size_changes_nothing(lm, shared_data):
     settings = EvalSettings(shared_data / "eval", limit=10)
     runs = {}

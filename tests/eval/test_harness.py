@@ -61,6 +61,7 @@ def samples(lm, tasks) -> dict[str, list[dict]]:
     return run_lm_eval(HarnessLM(lm), tasks)
 
 
+@pytest.mark.slow
 def test_multiple_choice_loglikelihoods_are_pastures(lm, samples):
     got = samples["pasture_arc_easy"]
     assert len(got) == LIMIT
@@ -90,6 +91,7 @@ def test_generations_are_pastures(lm, samples):
     assert all("\n" not in text for text in want) and any(text.strip() for text in want)
 
 
+@pytest.mark.slow
 def test_by_name_with_model_args(stories, lm, tasks, samples):
     """``--model pasture`` once registered: lm-eval builds the model from its model_args."""
     if "pasture" not in _registered():
@@ -166,6 +168,7 @@ def test_generation_kwargs_translate_to_sampling(lm):
         harness.generation_request("Q", {"num_beams": 4})
 
 
+@pytest.mark.slow
 def test_pasture_lm_eval_command_runs_lm_evals_cli(shared_data, tmp_path):
     """`pasture lm-eval …` is lm-eval's own CLI with --model pasture known (on a CPU machine
     its --device default of cuda falls back to cpu unless model_args names a device)."""

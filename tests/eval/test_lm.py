@@ -93,6 +93,7 @@ def test_rolling_loglikelihood_sums_every_token(model_and_tokenizer):
     assert len(ids) > 16
 
 
+@pytest.mark.slow
 def test_generate_until_cuts_at_the_first_stop_string(model_and_tokenizer):
     model, tok = model_and_tokenizer
     lm = PastureLM(model, tok, progress=False)
@@ -102,6 +103,7 @@ def test_generate_until_cuts_at_the_first_stop_string(model_and_tokenizer):
     assert cut == free[: free.index(".")]
 
 
+@pytest.mark.slow
 def test_sampled_generation_does_not_depend_on_the_batch(model_and_tokenizer):
     model, tok = model_and_tokenizer
     requests = [
@@ -179,6 +181,7 @@ def test_a_shared_few_shot_prefix_is_computed_once(model_and_tokenizer, monkeypa
         assert score == pytest.approx(want, abs=1e-4) and greedy == want_greedy
 
 
+@pytest.mark.slow
 def test_a_shared_prefix_at_the_end_of_the_window_changes_nothing(model_and_tokenizer):
     """Contexts that fill the window after a long shared prefix (BoolQ's passages, MMLU's five
     shots on a small model): the rows after the prefix were cut to a few tokens by the window,

@@ -158,6 +158,7 @@ def test_the_bound_is_relative():
     assert same_sum(-0.25 - 1e-4) != -0.25
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(PAIRS))
 def test_same_requests_tokens_and_loglikelihoods(task, sides, pasture_records, lm_eval_samples):
     pasture, hf = sides
@@ -219,6 +220,7 @@ def test_auto_tokenizer_differs_on_runs_of_spaces(shared_data, tmp_path):
     assert auto(text)["input_ids"] != want
 
 
+@pytest.mark.slow
 def test_openbookqa_answer_normalization_differs_from_lm_evals_acc_norm(shared_data, tmp_path):
     """Where Pasture deliberately differs: OpenBookQA (and BoolQ) are scored as the paper says
     (§3, following Brown et al. 2020): the choice maximizing

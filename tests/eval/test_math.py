@@ -321,6 +321,7 @@ def test_malformed_records_name_file_and_line(tmp_path: Path) -> None:
 # -- end to end on a real model ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gsm8k", "math"])
 def test_task_runs_on_stories260k_and_sampling_ignores_batch_size(
     model, eval_data: Path, monkeypatch: pytest.MonkeyPatch, name: str

@@ -121,6 +121,7 @@ def test_category_scores_weight_subjects_by_items():
     }
 
 
+@pytest.mark.slow
 def test_runs_every_subject_and_reports_categories(shared_data, eval_dir):
     d = shared_data / "models" / "stories260K"
     model, tok = load_model(d / "stories260K.bin", tokenizer=d / "tok512.model")

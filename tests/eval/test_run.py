@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pasture.eval.tasks import PAPER, TASKS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +35,7 @@ def _eval(shared_data: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_paper_suite_on_stories260k_is_the_same_at_batch_sizes_7_and_1(
     shared_data: Path, tmp_path: Path
 ) -> None:
@@ -88,6 +91,7 @@ def test_paper_suite_on_stories260k_is_the_same_at_batch_sizes_7_and_1(
     assert "`hellaswag`" in table.split("## Not evaluated")[1]
 
 
+@pytest.mark.slow
 def test_broken_inputs_are_reported_and_the_rest_still_runs(
     shared_data: Path, tmp_path: Path
 ) -> None:

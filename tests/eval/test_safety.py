@@ -407,6 +407,7 @@ def test_rtp_bad_record_names_file_and_line(tmp_path):
         safety.realtoxicityprompts(ScriptedLM(), settings, FixedScorer())
 
 
+@pytest.mark.slow
 def test_rtp_real_data_with_a_classifier_command(shared_data, stories, real, monkeypatch):
     monkeypatch.delenv("PASTURE_PERSPECTIVE_KEY", raising=False)
     monkeypatch.setenv("PASTURE_TOXICITY_COMMAND", f"{sys.executable} {SCORER}")

@@ -245,6 +245,7 @@ print(json.dumps({"status": result.status, "stderr": result.stderr, "layers": re
 """
 
 
+@pytest.mark.slow
 @needs_root_and_setpriv
 def test_fallback_without_cap_sys_admin_contains_network_and_writes(
     listener: socket.socket,
@@ -275,6 +276,7 @@ def test_endless_programs_are_killed_at_the_limit(program: str) -> None:
     assert time.monotonic() - start < FAST.timeout_s + 2
 
 
+@pytest.mark.slow
 def test_cpu_limit_stops_a_busy_program_before_the_wall_clock() -> None:
     start = time.monotonic()
     result = run_program("while True:\n    pass\n", Limits(timeout_s=30, cpu_s=1))

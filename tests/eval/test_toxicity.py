@@ -220,6 +220,7 @@ def test_scorer_from_env():
 # -- a Hugging Face classifier as the command -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hf_classifier_command(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -66,6 +66,7 @@ def _rank(rank: int, world: int, folder: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_lora_under_fsdp2_takes_the_single_process_step(tmp_path: Path) -> None:
     context = mp.start_processes(
         _rank, args=(2, str(tmp_path)), nprocs=2, join=False, start_method="spawn"

@@ -153,6 +153,7 @@ def one_thread():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_finetuning_learns_the_reverse_task(
     tmp_path: Path, shared_data: Path, one_thread: None
 ) -> None:

@@ -24,6 +24,7 @@ BOUND_S = 300
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_steps(tmp_path: Path, shared_data: Path) -> None:
     tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
     model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=tokenizer.vocab_size))

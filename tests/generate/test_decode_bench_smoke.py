@@ -17,6 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_speed.py"
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_smoke_run_measures_every_variant(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     out = tmp_path / "decode.jsonl"

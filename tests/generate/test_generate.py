@@ -38,6 +38,7 @@ def _run_c(model, tokenizer, prompt: str, steps: int) -> str:
     return tokenizer.decode(prompt_ids[1:] + new)
 
 
+@pytest.mark.slow
 def test_stories260k_greedy_matches_llama2c(stories, shared_data: Path) -> None:
     model, tokenizer = stories
     runs = _reference_runs(shared_data)
@@ -46,6 +47,7 @@ def test_stories260k_greedy_matches_llama2c(stories, shared_data: Path) -> None:
     assert _run_c(model, tokenizer, "", 256) == expected
 
 
+@pytest.mark.slow
 def test_stories260k_prompted_greedy_matches_llama2c(stories, shared_data: Path) -> None:
     model, tokenizer = stories
     expected = _reference_runs(shared_data)[
@@ -54,6 +56,7 @@ def test_stories260k_prompted_greedy_matches_llama2c(stories, shared_data: Path)
     assert _run_c(model, tokenizer, "Zoo", 60) == expected
 
 
+@pytest.mark.slow
 def test_batch_of_different_lengths_decodes_like_one_at_a_time(stories) -> None:
     model, tokenizer = stories
     prompts = ["Zoo", "Once upon a time, there was a big dog", "Tom and", "The sun"]
@@ -63,6 +66,7 @@ def test_batch_of_different_lengths_decodes_like_one_at_a_time(stories) -> None:
     assert len(set(together)) == len(prompts)
 
 
+@pytest.mark.slow
 def test_seeded_sampling(stories) -> None:
     model, tokenizer = stories
     kwargs = dict(max_new_tokens=40, temperature=1.0, top_p=0.9)
@@ -92,6 +96,7 @@ def test_sampler_respects_top_k_and_top_p() -> None:
     assert abs((picks == 3).float().mean().item() - 0.05) < 0.015
 
 
+@pytest.mark.slow
 def test_stops_at_stop_token(stories) -> None:
     model, tokenizer = stories
     prompt = tokenizer.encode("Once upon a time", bos=True)
@@ -100,6 +105,7 @@ def test_stops_at_stop_token(stories) -> None:
     assert stopped == free[: free.index(free[5])]
 
 
+@pytest.mark.slow
 def test_streaming(stories, shared_data: Path) -> None:
     model, tokenizer = stories
     fragments: list[str] = []
@@ -162,6 +168,7 @@ def test_decode_layout_changes_strides_not_values(tmp_path: Path) -> None:
             assert torch.equal(reloaded[key], tensor), (fmt, key)
 
 
+@pytest.mark.slow
 def test_stories260k_sampling_matches_llama2c(stories, shared_data: Path) -> None:
     from pasture.generate import Llama2cSampler
 

@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_decode_speed.
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_smoke_run_measures_every_configuration(tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     command = [sys.executable, str(SCRIPT), "--smoke", "--steps", "2", "--out", str(out)]

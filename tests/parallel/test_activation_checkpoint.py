@@ -60,6 +60,7 @@ def _backward_ops(mode: str) -> Counter:
     return counter.counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["debug", "debug-gqa"])
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_gradients_equal_no_checkpointing(name: str, mode: str) -> None:

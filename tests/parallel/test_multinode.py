@@ -50,6 +50,7 @@ def _launch_two_nodes(
     return codes
 
 
+@pytest.mark.slow
 def test_fsdp_across_two_nodes_matches_single_process(tmp_path: Path) -> None:
     out = tmp_path / "losses.json"
     _two_nodes(tmp_path, "fsdp", str(WORKER), "--steps", str(STEPS), "--out", str(out))
@@ -81,6 +82,7 @@ def two_node_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[d
     return run, _metrics(run)
 
 
+@pytest.mark.slow
 def test_pasture_train_across_two_nodes_resumes_from_an_async_checkpoint(
     tmp_path: Path, two_node_run: tuple[Path, list[dict]]
 ) -> None:
@@ -107,6 +109,7 @@ def _failed_on_every_rank(tmp_path: Path, name: str, message: str) -> None:
         assert "exitcode  : 2" in log, log[-3000:]  # torchrun's summary of the rank's exit
 
 
+@pytest.mark.slow
 def test_ranks_handed_different_checkpoints_fail_fast_on_every_rank(
     tmp_path: Path, two_node_run: tuple[Path, list[dict]]
 ) -> None:
@@ -152,6 +155,7 @@ dist.barrier()  # rank 1 waits here
 """
 
 
+@pytest.mark.slow
 def test_watchdog_fails_a_hung_launch_with_every_rank_stack(tmp_path: Path) -> None:
     script = tmp_path / "hang.py"
     script.write_text(HANG)

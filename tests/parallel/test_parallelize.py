@@ -65,6 +65,7 @@ def _assert_close(losses: list[float], reference: list[float]) -> None:
         pytest.param(4, 2, "debug-gqa", [], id="fsdp2xtp2-gqa"),
     ],
 )
+@pytest.mark.slow
 def test_parallel_training_matches_single_process(
     tmp_path: Path, nproc: int, tp: int, preset_name: str, extra: list[str]
 ) -> None:

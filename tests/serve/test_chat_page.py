@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -33,6 +34,7 @@ def _chromium() -> webdriver.Chrome:
     return webdriver.Chrome(options=options, service=Service(driver))
 
 
+@pytest.mark.slow
 def test_chat_page_streams_and_stops(shared_data: Path, tmp_path: Path) -> None:
     _, tokenizer = load_stories(shared_data)
     model = random_model(tokenizer, max_seq_len=4096)

@@ -38,6 +38,7 @@ def _alone(stories, prompt: list[int], params: SamplingParams, **engine_args) ->
         engine.close()
 
 
+@pytest.mark.slow
 def test_batched_greedy_sequences_equal_their_runs_alone_bit_for_bit(shared_data) -> None:
     model, tokenizer = aligned_stories(shared_data)
     prompts = _ids(tokenizer)
@@ -92,6 +93,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(stories) -> None:
     assert other[1] != alone[1]
 
 
+@pytest.mark.slow
 def test_stop_string_spanning_tokens_is_cut_and_never_emitted(stories) -> None:
     model, tokenizer = stories
     prompt = tokenizer.encode("Once upon a time", bos=True)

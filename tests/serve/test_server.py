@@ -49,6 +49,7 @@ def test_models_and_health(server) -> None:
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_completion_is_generate_s_greedy_text_with_exact_usage(server, shared_data) -> None:
     model, tokenizer = load_stories(shared_data)
     expected = generate(model, tokenizer, PROMPT, max_new_tokens=40)
@@ -307,6 +308,7 @@ def _metrics(url: str) -> dict[str, float]:
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
 
 
+@pytest.mark.slow
 def test_cancellation_under_load(shared_data, tmp_path) -> None:
     """vLLM's test: 200 requests that time out after 0.5 s, then a new one completes in 5 s.
     The server runs in its own process (``serve``), as deployed: in this process its threads

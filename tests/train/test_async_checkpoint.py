@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pasture.export import load_trained
@@ -36,6 +37,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_async_checkpoints_equal_sync_ones_and_resume_bit_identically(tmp_path: Path) -> None:
     steps = ["steps=12", "checkpoint.every=4", "checkpoint.keep=3"]
     train(_config(tmp_path / "sync", *steps))
@@ -92,6 +94,7 @@ def _cli(run_dir: Path, prefix: list[str], *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_during_async_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     writing = tmp_path / "writing-step-4"

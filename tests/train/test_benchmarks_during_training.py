@@ -28,6 +28,7 @@ def _config(run_dir: Path, overrides: list[str], *settings: str) -> TrainConfig:
     return load_train_config(REPO / "configs" / "train" / "debug.toml", list(settings))
 
 
+@pytest.mark.slow
 def test_benchmarks_every_n_steps_leave_training_unchanged(tmp_path: Path, shared_data) -> None:
     bench = [
         'benchmarks.tasks=["arc_easy", "piqa"]',

@@ -80,6 +80,7 @@ def _export(run: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_crafted_metadata_runs_nothing(run: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     (_step(run) / ".metadata").write_bytes(pickle.dumps(Payload(f"touch {marker}")))
@@ -118,6 +119,7 @@ def test_crafted_optimizer_item_runs_nothing(run: Path, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_one_line_errors(run: Path, tmp_path: Path) -> None:
     step = _step(run)
     good = {name: (step / name).read_bytes() for name in ("train_state.json", "rng-0.pt")}
@@ -147,6 +149,7 @@ def test_a_step_past_the_run_or_out_of_range_is_one_line(run: Path) -> None:
             _resume(run)  # steps = 6
 
 
+@pytest.mark.slow
 def test_metadata_that_claims_a_huge_vocabulary_builds_nothing(run: Path, tmp_path: Path) -> None:
     step = _step(run)
     with (step / ".metadata").open("rb") as f:

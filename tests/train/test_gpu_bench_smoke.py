@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_train_speed.py"
 
 
+@pytest.mark.slow
 def test_smoke_run_measures_every_variant(tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     command = [sys.executable, str(SCRIPT), "--smoke", "--rounds", "2", "--steps", "2"]

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import launch
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
@@ -91,6 +92,7 @@ def _kill_at(moment: str, run_dir: Path, command: list[str], log: Path) -> None:
     assert not survivors, f"ranks {survivors} outlived their killed launcher"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_twenty_times_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     clean = tmp_path / "clean"
     assert launch.run(_command(clean), tmp_path / "clean.log", BOUND_S) == 0, launch.tail(

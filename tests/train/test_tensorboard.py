@@ -30,6 +30,7 @@ def _config(run_dir: Path, *settings: str) -> TrainConfig:
     return load_train_config(REPO / "configs" / "train" / "debug.toml", list(settings))
 
 
+@pytest.mark.slow
 def test_scalars_equal_metrics_jsonl_per_step(tmp_path: Path) -> None:
     run = tmp_path / "run"
     # peak_tflops: an MFU on CPU too; eval_every: validation loss at steps 2 and 4.
@@ -58,6 +59,7 @@ def test_scalars_equal_metrics_jsonl_per_step(tmp_path: Path) -> None:
     assert sorted(expected["val_loss"]) == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_missing_package_stops_before_training(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
     with pytest.raises(PastureError) as error:

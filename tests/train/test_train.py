@@ -37,6 +37,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in map(json.loads, lines)}  # later lines win
 
 
+@pytest.mark.slow
 def test_debug_model_learns(tmp_path: Path) -> None:
     cfg = _config(tmp_path / "run", "steps=80", "checkpoint.every=1000")
     train(cfg)
@@ -70,6 +71,7 @@ def _cli(run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
     clean = _cli(tmp_path / "clean")
     assert clean.wait(timeout=300) == 0, clean.stderr.read()
@@ -90,6 +92,7 @@ def test_killed_run_resumes_bit_identically(tmp_path: Path) -> None:
     assert _losses(tmp_path / "killed") == _losses(tmp_path / "clean")  # every bit
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     cfg = _config(tmp_path / "run", "steps=8", "checkpoint.every=4")
     train(cfg)
@@ -106,6 +109,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000008", "step-00000012"]
 
 
+@pytest.mark.slow
 def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PastureError, match="not a multiple of micro_batch"):
         train(_config(tmp_path / "a", "batch_tokens=5000"))
@@ -137,6 +141,7 @@ def test_faults_stop_with_one_clear_error(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_export_matches_transformers_and_reads_the_recorded_model(tmp_path: Path) -> None:
     """`pasture export` builds what RUN/config.json records, not what the train table would
     give again; a run folder can move (its own paths are recorded relative to it)."""
@@ -183,6 +188,7 @@ def test_export_matches_transformers_and_reads_the_recorded_model(tmp_path: Path
         load_trained(moved)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_run_folder_fails_with_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,6 +220,7 @@ def test_a_second_run_on_a_live_run_folder_fails_with_one_line(
     assert (run / "checkpoints" / "step-00000006").is_dir()
 
 
+@pytest.mark.slow
 def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
     from pasture.data.pipeline import BuildConfig, build_dataset
 
@@ -241,6 +248,7 @@ def test_trains_on_a_built_mixture(tmp_path: Path, shared_data: Path) -> None:
     assert exported.tokenizer is not None and exported.tokenizer.vocab_size == 32000
 
 
+@pytest.mark.slow
 def test_resume_into_another_shape_is_one_clear_error(tmp_path: Path) -> None:
     train(_config(tmp_path / "run", "steps=6", "checkpoint.every=3"))
     other = _config(tmp_path / "run", "steps=9", "checkpoint.every=3")
