@@ -31,7 +31,14 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/pasture demo --workdir runs/demo
 
-test: install
+# The chat-page test drives Debian's chromium with Selenium; installed here when missing (root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "make: the chat-page test needs chromium and chromium-driver (apt-get install)"
+
+test: install browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
