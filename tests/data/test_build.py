@@ -115,6 +115,7 @@ def test_full_build_report(full_build) -> None:
     assert {"license", "near_duplicate", "namespace", "language"} <= {d["reason"] for d in dropped}
 
 
+@pytest.mark.slow
 def test_full_build_feeds_the_loader(full_build) -> None:
     out, report, cfg = full_build
     shards = {name: list_shards(out / "tokens" / name) for name in report["sources"]}

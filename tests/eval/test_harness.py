@@ -76,6 +76,7 @@ def test_multiple_choice_loglikelihoods_are_pastures(lm, samples):
     )
 
 
+@pytest.mark.slow
 def test_rolling_loglikelihoods_are_pastures(lm, samples):
     got = samples["pasture_arc_easy_rolling"]
     texts = [s["arguments"][0][0] for s in got]

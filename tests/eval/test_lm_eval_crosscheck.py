@@ -185,6 +185,7 @@ def test_same_requests_tokens_and_loglikelihoods(task, sides, pasture_records, l
     print(f"{task}: max |Δ log-likelihood| = {worst:.2e} over {len(records)} items")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", list(PAIRS))
 def test_same_accuracies(task, pasture_records, lm_eval_samples):
     """lm-eval's acc and acc_norm, item by item, from Pasture's log-likelihoods."""
