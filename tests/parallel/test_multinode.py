@@ -18,7 +18,12 @@ import pytest
 from test_parallelize import RTOL, STEPS, WORKER, _reference_losses
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["data.corpus_bytes=1000000", "data.vocab_size=1000", "metrics.log_every=1", "optim.warmup_steps=2"]
+SMALL = [
+    "data.corpus_bytes=1000000",
+    "data.vocab_size=1000",
+    "metrics.log_every=1",
+    "optim.warmup_steps=2",
+]
 
 
 def _two_nodes(tmp_path: Path, name: str, *command: str, timeout: float = 240) -> None:

@@ -6,8 +6,8 @@ Read: architecture ``llama`` only; F32, F16, BF16 and the quantized types that
 matrices with F32 norms (what llama.cpp calls "mostly F16"), plus the tokenizer.
 
 llama.cpp's converter undoes Hugging Face's rotary permutation, so GGUF q/k rows are already in
-Meta's interleaved layout and nothing is permuted here (``tests/test_gguf.py`` checks this against
-transformers' own GGUF converter).
+Meta's interleaved layout and nothing is permuted here (``tests/interop/test_gguf.py`` checks
+this against transformers' own GGUF converter).
 
     >>> ckpt = load(Path("llama-2-tiny-random.gguf"))
     >>> save(ckpt, Path("copy.gguf"), dtype="f16")
