@@ -84,6 +84,7 @@ def test_rolling_loglikelihoods_are_pastures(lm, samples):
     assert [s["filtered_resps"][0] for s in got] == lm.loglikelihood_rolling(texts)
 
 
+@pytest.mark.slow
 def test_generations_are_pastures(lm, samples):
     got = samples["pasture_arc_easy_generate"]
     contexts = [s["arguments"][0][0] for s in got]

@@ -196,6 +196,7 @@ def test_same_accuracies(task, pasture_records, lm_eval_samples):
             assert sample["acc_norm"] == float(acc_norm_pick(lls, record["choices"]) == gold)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["arc_easy", "piqa", "hellaswag"])
 def test_pasture_acc_char_is_lm_evals_acc_norm(task, pasture_records, lm_eval_samples):
     """Pasture's own char-normalized pick (paper §3), as its task records it, is lm-eval's

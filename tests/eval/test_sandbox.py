@@ -124,6 +124,7 @@ def test_runs_isolated_with_a_bare_environment() -> None:
     assert result.passed, result.stderr
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_contained() -> None:
     bombs = [
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
@@ -266,6 +267,7 @@ def test_fallback_without_cap_sys_admin_contains_network_and_writes(
     assert_no_connection(listener)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "program", ["while True:\n    pass\n", "import time\ntime.sleep(100)\n"], ids=["cpu", "sleep"]
 )
