@@ -416,7 +416,6 @@ def main() -> None:
         "allocator": "tcmalloc" if "tcmalloc" in preload else "glibc malloc",
         "tcmalloc_available": Path(TCMALLOC).exists(),
         "load_avg_1min_start": round(os.getloadavg()[0], 2),
-        "note": "machine shared with other jobs (see load averages)",
     }
     records = [speed(ns, args, size, tokenizer, method) for method in ns.methods]
     if not ns.no_memory:

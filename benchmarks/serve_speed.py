@@ -445,7 +445,6 @@ def main() -> None:
         "requests_per_client": cli.requests_per_client,
         "one_client_requests": cli.one_client_requests,
         "pasture_max_batch": cli.max_batch,
-        "note": "machine shared with other sessions' jobs: see load averages",
         "load_avg_start": load_avg(),
     }
     if with_llama:

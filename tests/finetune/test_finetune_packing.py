@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from pasture.data.tokenizer import Tokenizer
-from pasture.finetune.loss import finetune_step, logits_of, response_loss, summed_loss
+from pasture.finetune.loss import (
+    finetune_step,
+    logits_of,
+    response_loss,
+    response_loss_sum,
+    summed_loss,
+    trimmed,
+)
 from pasture.finetune.packing import IGNORE, TokenSequence, batches, collate, pack, tokenize
 from pasture.finetune.template import DEFAULT_TEMPLATE, encode_chat
 from pasture.model import ModelArgs, Transformer
@@ -100,6 +107,27 @@ def test_packed_and_padded_match_examples_one_by_one() -> None:
     packed_batches = batches(seqs, seq_len=40, rows_per_batch=3, packed=True)
     assert sum(b.inputs.shape[0] for b in packed_batches) < len(seqs)  # really packed
     assert abs(response_loss(model, packed_batches) - reference.item()) < 1e-5
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_step_s_loss_scores_trained_positions_only_and_changes_nothing(packed: bool) -> None:
+    """``finetune_step``'s loss drops trailing untrained columns and projects only trained
+    positions onto the vocabulary: the loss and every gradient are the full forward's."""
+    model = _model(3)
+    seqs = _sequences(7, seed=3)
+    (batch,) = batches(seqs, seq_len=60, rows_per_batch=8, packed=packed)
+    short = trimmed(batch)
+    assert short.inputs.shape[1] < batch.inputs.shape[1]  # padding to 60 really dropped
+    assert short.trained_tokens == batch.trained_tokens
+    assert (short.targets[:, -1] != IGNORE).any()  # and no trained column
+    full = summed_loss(logits_of(model, batch), batch.targets) / batch.trained_tokens
+    full.backward()
+    expected = _grads(model)
+    fast = response_loss_sum(model, batch) / batch.trained_tokens
+    fast.backward()
+    assert torch.allclose(fast, full, rtol=0, atol=1e-5)
+    for name, grad in _grads(model).items():
+        assert torch.allclose(grad, expected[name], rtol=0, atol=1e-6), name
 
 
 def test_the_step_is_normalized_by_all_its_micro_batches() -> None:

@@ -27,7 +27,8 @@ without ``positions`` means positions start_pos.. in every row.
 A decode step (R = batch_size, T = 1, ``select(None)``) has the same shapes every time and no
 host synchronization under ``torch.compile`` (attention runs over all max_seq_len positions
 with a mask, as gpt-fast does), so it can be compiled with ``mode="reduce-overhead"`` (CUDA
-graphs). Positions are checked (0 <= p < max_seq_len) in eager mode only.
+graphs). Eager steps on CPU attend over the positions up to the furthest one used, rounded up
+to ``SPAN``. Positions are checked (0 <= p < max_seq_len) in eager mode only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import torch
 from ..errors import PastureError
 from ..model import KVCache, Transformer
 from ..model.llama import attention
+
+SPAN = 64  # eager CPU attention reads the cache in blocks of this many positions
 
 
 def _available_bytes(device: torch.device) -> int | None:
@@ -167,16 +170,25 @@ class RowCache(KVCache):
             raise ValueError(f"{R} rows of tokens for {selected} selected cache rows")
         if positions is None:
             positions = (start_pos + self.index[:T]).expand(R, T)  # (R, T)
-        eager = self.check and not torch.compiler.is_compiling()
-        if eager and (int(positions.min()) < 0 or int(positions.max()) >= S):
+        compiling = torch.compiler.is_compiling()
+        eager_check = self.check and not compiling
+        if eager_check and (int(positions.min()) < 0 or int(positions.max()) >= S):
             raise ValueError(f"positions must be in 0..{S - 1} (the cache's length)")
         rows = self.index[:B, None] if self.rows is None else self.rows[:, None]  # (R, 1)
         # Advanced indices on dims 0 and 2 around a slice: the value is (R, T, Hkv, D).
         self.k[rows, :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[rows, :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        keys = self.k if self.rows is None else self.k[self.rows]  # (R, Hkv, S, D)
-        values = self.v if self.rows is None else self.v[self.rows]
-        visible = self.index[:S] <= positions[:, None, :, None]  # (R, 1, T, S)
+        # Compiled steps keep fixed shapes: every position, masked. Eager CPU steps read keys
+        # up to the furthest position any row reached, rounded up to SPAN (few shapes): a
+        # short sequence in a long cache then streams its few positions per step, not
+        # max_seq_len. Keys past a row's position are masked either way (exact zeros).
+        L = S
+        if not compiling and positions.device.type == "cpu":
+            L = min(S, -(-(int(positions.max()) + 1) // SPAN) * SPAN)
+        # (R, Hkv, L, D): a view for every row, a copy of the L positions of the selected ones
+        keys = self.k[:, :, :L] if self.rows is None else self.k[self.rows, :, :L]
+        values = self.v[:, :, :L] if self.rows is None else self.v[self.rows, :, :L]
+        visible = self.index[:L] <= positions[:, None, :, None]  # (R, 1, T, L)
         if T == 1:
             return masked_decode_attention(q, keys, values, visible)
         return attention(q, keys, values, visible)
