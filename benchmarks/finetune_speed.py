@@ -19,12 +19,18 @@ same weights through Pasture's converter (``permute_to_hf``, ``hf_key``). For ea
 one step is forward, the loss per response token over the batch, backward, clipping at 1.0 and
 AdamW (``finetune``'s defaults, the same ``build_optimizer`` for both). Pasture runs
 ``finetune.loss.finetune_step``; Hugging Face its own loss path (``labels`` with -100, and
-``shift_labels`` so both score the very same targets). Both see the same padded batches, so
-tokens/s counts the same input tokens (padding included). Pasture's packed step (the same
-examples per step packed into fewer rows, block-causal mask) is a third line, counted in the
-examples' own tokens (no padding), as all three are in ``example_tok_s``. The sides
-alternate within each round; medians over rounds. Before timing, the initial losses must agree
-within 1e-4 (the same model and data). ``--profile`` prints where each side's step spends time.
+``shift_labels`` so both score the very same targets). Both see the same batches padded to
+``--seq-len``, so tokens/s counts the same input tokens (padding included). Pasture's step does
+less work on them than Hugging Face's: it drops trailing columns with no response token and
+projects only response positions onto the vocabulary (``finetune.loss.response_loss_sum``;
+exact). Hugging Face users get the first part from their collators' dynamic padding, so a
+fourth line, ``hf_longest``, gives Hugging Face the same examples padded to the longest in the
+batch: Pasture's padded line over it is the like-for-like ratio (``vs_hf_longest_ratio``).
+Pasture's packed step (the same examples packed into fewer rows, block-causal mask) is the
+third line. ``example_tok_s`` counts every line in the examples' own tokens (no padding). The
+sides alternate within each round; medians over rounds. Before timing, the initial losses must
+agree within 1e-4 (the same model and data). ``--profile`` prints where each side's step spends
+time.
 
 Wall-clock rates are the headline; rates per CPU second of this process (``*_per_cpu_s``) move
 less when other jobs share the machine.
@@ -59,7 +65,7 @@ from pasture.data.tokenizer import Tokenizer
 from pasture.finetune.data import detect_format, to_messages
 from pasture.finetune.lora import LoRAConfig, apply_lora, lora_modules
 from pasture.finetune.loss import finetune_step, logits_of, summed_loss
-from pasture.finetune.packing import Batch, TokenSequence, batches, tokenize
+from pasture.finetune.packing import Batch, TokenSequence, batches, collate, tokenize
 from pasture.finetune.synthetic import synthetic_records
 from pasture.finetune.template import DEFAULT_TEMPLATE
 from pasture.interop.hf import config_from_args, hf_key, permute_to_hf
@@ -95,16 +101,18 @@ def sequences(tokenizer: Tokenizer, n: int, seq_len: int) -> list[TokenSequence]
 
 def step_data(
     seqs: list[TokenSequence], rows: int, seq_len: int
-) -> tuple[list[Batch], list[Batch], list[int]]:
-    """Per step: a padded batch of ``rows`` examples, the same examples packed, and their
+) -> tuple[list[Batch], list[Batch], list[Batch], list[int]]:
+    """Per step: a batch of ``rows`` examples padded to ``seq_len``, the same padded to the
+    longest of them (Hugging Face's collators' dynamic padding), the same packed, and their
     own input tokens (no padding)."""
-    padded, packed, own = [], [], []
+    padded, longest, packed, own = [], [], [], []
     for start in range(0, len(seqs) - rows + 1, rows):
         chunk = seqs[start : start + rows]
         padded.append(batches(chunk, seq_len, rows, packed=False)[0])
+        longest.append(collate([[s] for s in chunk]))
         packed.append(batches(chunk, seq_len, rows, packed=True)[0])
         own.append(sum(len(s) - 1 for s in chunk))
-    return padded, packed, own
+    return padded, longest, packed, own
 
 
 def build_pasture(args: ModelArgs, method: str) -> Transformer:
@@ -227,13 +235,14 @@ def profile(name: str, step: Callable[[Batch], None], batch: Batch) -> str:
 
 def speed(ns: argparse.Namespace, args: ModelArgs, size: str, tokenizer: Tokenizer, method: str):
     seqs = sequences(tokenizer, ns.rows * ns.steps, ns.seq_len)
-    padded, packed, own = step_data(seqs, ns.rows, ns.seq_len)
+    padded, longest, packed, own = step_data(seqs, ns.rows, ns.seq_len)
     ours = build_pasture(args, method)
     theirs = build_hf(ours, args, method)
     losses = {
         "pasture": pasture_loss(ours, padded),
         "pasture_packed": pasture_loss(ours, packed),
         "hf": hf_mean_loss(theirs, padded),
+        "hf_longest": hf_mean_loss(theirs, longest),
     }
     gap = max(losses.values()) - min(losses.values())
     if gap > 1e-4:
@@ -242,12 +251,17 @@ def speed(ns: argparse.Namespace, args: ModelArgs, size: str, tokenizer: Tokeniz
         "pasture": sum(p.numel() for p in ours.parameters() if p.requires_grad),
         "hf": sum(p.numel() for p in theirs.parameters() if p.requires_grad),
     }
-    # The packed line trains a model of its own from the same start (Pasture's again).
+    # The packed and dynamically padded lines train models of their own from the same start.
     ours_packed = build_pasture(args, method)
+    theirs_longest = build_hf(build_pasture(args, method), args, method)
     steps = {
         "pasture": (pasture_step(ours, build_optimizer(ours, OPTIM)), padded),
         "hf": (hf_step(theirs, build_optimizer(theirs, OPTIM)), padded),
         "pasture_packed": (pasture_step(ours_packed, build_optimizer(ours_packed, OPTIM)), packed),
+        "hf_longest": (
+            hf_step(theirs_longest, build_optimizer(theirs_longest, OPTIM)),
+            longest,
+        ),
     }
     for step, batch_list in steps.values():
         step(batch_list[0])  # warm-up
@@ -287,6 +301,10 @@ def speed(ns: argparse.Namespace, args: ModelArgs, size: str, tokenizer: Tokeniz
         "ratio": round(tok_s["pasture"] / tok_s["hf"], 3),
         "example_tok_s": {k: round(v, 1) for k, v in example_tok_s.items()},
         "packed_vs_hf_ratio": round(example_tok_s["pasture_packed"] / example_tok_s["hf"], 3),
+        "vs_hf_longest_ratio": round(example_tok_s["pasture"] / example_tok_s["hf_longest"], 3),
+        "vs_hf_longest_ratio_per_cpu_s": round(
+            example_tok_cpu_s["pasture"] / example_tok_cpu_s["hf_longest"], 3
+        ),
         "seconds_per_round": {k: [round(x, 4) for x in v] for k, v in seconds.items()},
         "pasture_tok_per_cpu_s": round(tok_cpu_s["pasture"], 1),
         "hf_tok_per_cpu_s": round(tok_cpu_s["hf"], 1),
@@ -301,7 +319,8 @@ def speed(ns: argparse.Namespace, args: ModelArgs, size: str, tokenizer: Tokeniz
         f"tok/s  ratio {record['ratio']:.2f}x  | packed {example_tok_s['pasture_packed']:.1f} "
         f"example tok/s vs hf {example_tok_s['hf']:.1f}: {record['packed_vs_hf_ratio']:.2f}x  "
         f"per CPU-second {record['ratio_per_cpu_s']:.2f}x, packed "
-        f"{record['packed_vs_hf_ratio_per_cpu_s']:.2f}x  "
+        f"{record['packed_vs_hf_ratio_per_cpu_s']:.2f}x  | vs hf padded to the longest "
+        f"{record['vs_hf_longest_ratio']:.2f}x  "
         f"(initial loss {losses['pasture']:.5f}, gap {gap:.1e})",
         flush=True,
     )
@@ -328,7 +347,7 @@ def memory_child(ns: argparse.Namespace) -> None:
     _, args, tokenizer = setup(ns.smoke)
     side, method = ns.memory_child
     seqs = sequences(tokenizer, ns.rows * ns.memory_steps, ns.seq_len)
-    padded, _, _ = step_data(seqs, ns.rows, ns.seq_len)
+    padded, _, _, _ = step_data(seqs, ns.rows, ns.seq_len)
     ours = build_pasture(args, method)
     if side == "pasture":
         step = pasture_step(ours, build_optimizer(ours, OPTIM))

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCORER = REPO / "tests" / "eval" / "fixtures" / "toxicity" / "keyword_scorer.py"
 
 
-def _eval(shared_data: Path, *args: str) -> subprocess.CompletedProcess:
+def _command(shared_data: Path, *args: str) -> list[str]:
     model = shared_data / "models" / "stories260K"
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "pasture.cli",
@@ -30,9 +30,15 @@ def _eval(shared_data: Path, *args: str) -> subprocess.CompletedProcess:
         str(model / "tok512.model"),
         *args,
     ]
-    # A 260K-parameter model: a second thread only adds synchronization.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+# A 260K-parameter model: a second thread only adds synchronization.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _eval(shared_data: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = _command(shared_data, *args)
+    return subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=900)
 
 
 @pytest.mark.slow
@@ -44,27 +50,27 @@ def test_paper_suite_on_stories260k_is_the_same_at_batch_sizes_7_and_1(
     not when a cached shared prefix (BoolQ's passages, MMLU's five shots) left a tail of fewer
     than 16 tokens: MKL multiplies so few rows with another kernel. --samples 1 keeps the run
     short; the T 0.1 samples of the code tasks still exercise seeded sampling."""
-    runs = {}
-    for batch in ("7", "1"):
+    runs, procs = {}, {}
+    for batch in ("7", "1"):  # both at once, a thread each
         runs[batch] = tmp_path / f"batch-{batch}"
-        done = _eval(
-            shared_data,
-            "--tasks",
-            "paper",
-            "--limit",
-            "8",
-            "--samples",
-            "1",
-            "--batch-size",
-            batch,
-            "--data-dir",
-            str(shared_data / "eval"),
-            "--out",
-            str(runs[batch]),
-            "--toxicity-command",
-            f"{sys.executable} {SCORER}",
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        args = ["--tasks", "paper", "--limit", "8", "--samples", "1", "--batch-size", batch]
+        args += ["--data-dir", str(shared_data / "eval"), "--out", str(runs[batch])]
+        args += ["--toxicity-command", f"{sys.executable} {SCORER}"]
+        with (tmp_path / f"stderr-{batch}").open("w") as stderr:
+            procs[batch] = subprocess.Popen(
+                _command(shared_data, *args),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=ONE_THREAD,
+            )
+    try:
+        for batch, proc in procs.items():
+            proc.wait(timeout=900)
+            assert proc.returncode == 0, (tmp_path / f"stderr-{batch}").read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
     out = runs["7"]
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     status = {line["task"]: line["status"] for line in lines}

@@ -30,7 +30,7 @@ def test_finetune_bench_smoke(tmp_path: Path, shared_data: Path) -> None:
     for r in records:
         assert r["kind"] == "speed" and r["size"] == "smoke"
         losses = r["initial_loss"]
-        assert set(losses) == {"pasture", "pasture_packed", "hf"}
+        assert set(losses) == {"pasture", "pasture_packed", "hf", "hf_longest"}
         assert max(losses.values()) - min(losses.values()) <= 1e-4
         assert losses["pasture"] > 1.0  # a random model: about ln(512) per token, not zero
         assert r["pasture_tok_s"] > 0 and r["hf_tok_s"] > 0
@@ -38,6 +38,8 @@ def test_finetune_bench_smoke(tmp_path: Path, shared_data: Path) -> None:
         assert r["ratio"] == pytest.approx(r["pasture_tok_s"] / r["hf_tok_s"], rel=0.01)
         assert all(len(s) == 2 for s in r["seconds_per_round"].values())
         assert r["packed_rows_per_step"] < r["rows"]  # 128 wide rows hold two examples
+        longest = r["example_tok_s"]["pasture"] / r["example_tok_s"]["hf_longest"]
+        assert r["vs_hf_longest_ratio"] == pytest.approx(longest, rel=0.01)
     lora, full = records
     assert lora["trainable_params"]["pasture"] == lora["trainable_params"]["hf"]
     assert full["trainable_params"]["pasture"] == full["trainable_params"]["hf"]

@@ -105,18 +105,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model, cfg.weight_decay)``, every group at the peak ``cfg.lr``.
 
-    The fused CUDA kernel when every parameter is on a GPU; otherwise torch's default
-    (multi-tensor ``foreach`` where supported, else a per-parameter loop).
+    torch's fused kernel when every parameter is on a GPU or every one on the CPU (one
+    vectorized, multi-threaded pass; on CPU torch's default is a per-parameter loop of a dozen
+    element-wise ops, about 5x slower for a 110M model and half of a CPU finetuning step);
+    otherwise torch's default.
     """
     groups = param_groups(model, cfg.weight_decay)
-    on_gpu = all(p.device.type == "cuda" for group in groups for p in group["params"])
+    devices = {p.device.type for group in groups for p in group["params"]}
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
-        fused=on_gpu or None,
+        fused=devices in ({"cuda"}, {"cpu"}) or None,
     )
 
 
