@@ -4,7 +4,10 @@ targeted weights and carries its chat template, and learning on the synthetic se
 from __future__ import annotations
 
 import json
-import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,44 +88,50 @@ def test_lora_run_exports_merged_weights_and_the_template(
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tmp_path: Path, shared_data: Path) -> None:
-    """A run resumed from its step-3 checkpoint (what a run killed after step 3 leaves) ends with
-    the very weights and losses of the run never stopped: LoRA dropout (the RNG), AdamW's
-    moments, the learning-rate schedule and the data position all restored."""
+def test_killed_run_resumes_bit_identically(tmp_path: Path, shared_data: Path) -> None:
+    """``pasture finetune`` killed (SIGKILL) after its step-3 checkpoint, then run again with
+    ``--resume``, ends with the very losses and weights of the run never stopped: LoRA dropout
+    (the RNG), AdamW's moments, the learning-rate schedule and the data position restored."""
     tokenizer = Tokenizer.from_file(shared_data / "models" / "stories260K" / "tok512.model")
     base = _tiny_checkpoint(tmp_path, tokenizer)
     train = write_jsonl(tmp_path / "train.jsonl", synthetic_records(16, seed=0))
+    steps = 40
 
-    def run(name: str) -> list[str]:
-        return [
-            f"data=['{train}']",
-            "steps=6",
-            "seq_len=96",
-            "rows=2",
-            "grad_accum=2",
-            "log_every=1",
-            "lora.dropout=0.1",
-            "optim.warmup_steps=2",
-            "checkpoint.every=3",
-            "checkpoint.keep=0",
-            f"run_dir='{tmp_path / name}'",
-        ]
-
-    finetune(load_finetune_config(None, run("whole")), base)
-    step3 = tmp_path / "whole" / "checkpoints" / "step-00000003"
-    shutil.copytree(step3, tmp_path / "resumed" / "checkpoints" / step3.name)
-    finetune(load_finetune_config(None, run("resumed")), base, resume=True)
+    def cli(name: str, *extra: str) -> subprocess.Popen:
+        sets = [f"data=['{train}']", f"steps={steps}", "seq_len=96", "rows=2", "grad_accum=2"]
+        sets += ["log_every=1", "lora.dropout=0.1", "optim.warmup_steps=2"]
+        sets += ["checkpoint.every=3", "checkpoint.keep=0", f"run_dir='{tmp_path / name}'"]
+        cmd = [sys.executable, "-m", "pasture.cli", "finetune", "--checkpoint", str(base)]
+        cmd += [arg for value in sets for arg in ("--set", value)]
+        return subprocess.Popen(
+            [*cmd, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
 
     def losses(name: str) -> list[tuple[int, float]]:
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
-    assert losses("resumed") == losses("whole")[3:]
-    whole = interop.load(tmp_path / "whole" / "model").state_dict
-    resumed = interop.load(tmp_path / "resumed" / "model").state_dict
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    whole = cli("whole")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    killed = cli("killed")
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000003"
+    deadline = time.time() + 120
+    while time.time() < deadline and not marker.exists() and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=30) == -signal.SIGKILL, "the run ended before it was killed"
+    assert marker.exists()
+    assert not (tmp_path / "killed" / "model").exists()
+    resumed = cli("killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    by_step = dict(losses("killed"))  # the resumed run rewrites the steps after its checkpoint
+    assert sorted(by_step.items()) == losses("whole")
+    assert len(by_step) == steps
+    whole_weights = interop.load(tmp_path / "whole" / "model").state_dict
+    resumed_weights = interop.load(tmp_path / "killed" / "model").state_dict
+    assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
     first = interop.load(base).state_dict
-    assert not all(torch.equal(whole[k], first[k]) for k in whole)  # it did train
+    assert not all(torch.equal(whole_weights[k], first[k]) for k in whole_weights)  # it trained
 
 
 @pytest.mark.slow

@@ -119,7 +119,30 @@ def test_build_optimizer_settings() -> None:
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
     for group in optimizer.param_groups:
         assert group["lr"] == 3e-4 and group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8
-        assert not group["fused"]
+        assert group["fused"]  # all parameters on the CPU: torch's fused kernel
+
+
+def test_fused_step_matches_torch_s_default_adamw() -> None:
+    torch.manual_seed(0)
+    ours, theirs = _model(), _model()
+    theirs.load_state_dict(ours.state_dict())
+    optimizers = [build_optimizer(ours, PAPER)]
+    optimizers.append(torch.optim.AdamW(param_groups(theirs, 0.1), lr=3e-4, betas=(0.9, 0.95)))
+    assert optimizers[0].param_groups[0]["fused"] and not optimizers[1].param_groups[0]["fused"]
+    tokens = torch.randint(0, 300, (2, 16))
+    for _ in range(3):
+        for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+            model(tokens).float().square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_mixed_devices_fall_back_to_torch_s_default() -> None:
+    model = _model()
+    model.output.to("meta")
+    assert build_optimizer(model, PAPER).param_groups[0]["fused"] is None
 
 
 def test_clip_grad_norm_scales_to_max_and_returns_pre_clip_norm() -> None:
