@@ -80,6 +80,17 @@ def full_build(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     return out, report, cfg
 
 
+@pytest.fixture(scope="module")
+def subset_build(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The subset built once, in-process with two workers: the clean output the kill, Ray and
+    bad-input tests compare against. Returns (input root, output folder, report)."""
+    root = _subset(shared_data, tmp_path_factory.mktemp("subset_in"))
+    out = tmp_path_factory.mktemp("subset_out")
+    tokenizer = str(shared_data / "models" / "llama-tokenizer" / "tokenizer.model")
+    report = build_dataset(_config(workers=2), root, out, "local", tokenizer)
+    return root, out, report
+
+
 @pytest.mark.slow
 def test_full_build_report(full_build) -> None:
     out, report, _ = full_build
@@ -150,11 +161,12 @@ def _cli_build(input_root: Path, out: Path, tokenizer: Path, *extra: str) -> sub
 
 
 @pytest.mark.slow
-def test_kill_and_rerun_is_byte_identical(shared_data: Path, tmp_path: Path) -> None:
-    root = _subset(shared_data, tmp_path / "in")
+def test_kill_and_rerun_is_byte_identical(subset_build, shared_data: Path, tmp_path: Path) -> None:
+    """``pasture data build`` (one worker) killed after three finished files, then run again,
+    writes the bytes of the uninterrupted in-process build with two workers (its recorded
+    config.json differs in the worker count alone)."""
+    root, clean, _ = subset_build
     tokenizer = shared_data / "models" / "llama-tokenizer" / "tokenizer.model"
-    clean = _cli_build(root, tmp_path / "clean", tokenizer)
-    assert clean.wait(timeout=300) == 0, clean.stderr.read()
     killed = _cli_build(root, tmp_path / "killed", tokenizer)
     done = tmp_path / "killed" / "done"
     deadline = time.time() + 120
@@ -163,29 +175,30 @@ def test_kill_and_rerun_is_byte_identical(shared_data: Path, tmp_path: Path) -> 
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     finished = len(list(done.glob("*.docs.json")))
-    assert 3 <= finished < len(list((tmp_path / "clean" / "done").glob("*.docs.json")))
+    assert 3 <= finished < len(list((clean / "done").glob("*.docs.json")))
     rerun = _cli_build(root, tmp_path / "killed", tokenizer)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
-    assert _files(tmp_path / "killed") == _files(tmp_path / "clean")
+    ours, theirs = _files(tmp_path / "killed"), _files(clean)
+    settings = [json.loads(files.pop("config.json")) for files in (ours, theirs)]
+    assert (settings[0].pop("workers"), settings[1].pop("workers")) == (1, 2)
+    assert ours == theirs and settings[0] == settings[1]  # the worker count is all that differs
 
 
 @pytest.mark.slow
-def test_ray_executor_matches_local(shared_data: Path, tmp_path: Path) -> None:
-    root = _subset(shared_data, tmp_path / "in")
+def test_ray_executor_matches_local(subset_build, shared_data: Path, tmp_path: Path) -> None:
+    root, clean, _ = subset_build
     tokenizer = str(shared_data / "models" / "llama-tokenizer" / "tokenizer.model")
-    build_dataset(_config(workers=2), root, tmp_path / "local", "local", tokenizer)
     build_dataset(_config(workers=2), root, tmp_path / "ray", "ray", tokenizer)
-    local, ray_out = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    local, ray_out = _files(clean), _files(tmp_path / "ray")
     assert len(local) > 20 and local == ray_out
 
 
 @pytest.mark.slow
 def test_bad_inputs_are_skipped_with_their_reason(
-    shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    subset_build, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tokenizer = str(shared_data / "models" / "llama-tokenizer" / "tokenizer.model")
-    clean_root = _subset(shared_data, tmp_path / "clean_in")
-    clean = build_dataset(_config(workers=2), clean_root, tmp_path / "clean", "local", tokenizer)
+    clean = subset_build[2]
     bad = _subset(shared_data, tmp_path / "bad_in")
     planted = {
         "c4/truncated.json.gz": (bad / "c4/olmo_c4-sample.01.json.gz").read_bytes()[:3000],
