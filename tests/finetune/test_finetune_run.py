@@ -122,8 +122,14 @@ def test_killed_run_resumes_bit_identically(tmp_path: Path, shared_data: Path) -
     assert killed.wait(timeout=30) == -signal.SIGKILL, "the run ended before it was killed"
     assert marker.exists()
     assert not (tmp_path / "killed" / "model").exists()
+    saved = [int(p.name[5:]) for p in marker.parent.iterdir() if p.name[5:].isdigit()]
+    with (tmp_path / "killed" / "metrics.jsonl").open("a") as f:  # a fresh start deletes it
+        f.write(json.dumps({"killed_here": True}) + "\n")
     resumed = cli("killed", "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    after_kill = [json.loads(x) for x in lines[lines.index('{"killed_here": true}') + 1 :]]
+    assert after_kill[0]["step"] == max(saved) + 1  # from the latest checkpoint, not step 0
     by_step = dict(losses("killed"))  # the resumed run rewrites the steps after its checkpoint
     assert sorted(by_step.items()) == losses("whole")
     assert len(by_step) == steps
