@@ -20,6 +20,11 @@ past the last whole vector block differently; llama2.c's tiny models have a 172-
 Sampling uses one generator per request (``seed``), so a seeded request gives the same tokens
 whatever runs beside it.
 
+On CPU (unless the step is compiled) the engine stores the model's float32 linear weights in
+oneDNN's packed layout for ``max_batch``-row products (``packed.pack_linears``, in place; the
+state dict is unchanged): MKL repacks every weight on every call, which made an 8-row step 2×
+slower than one row.
+
 Stop strings may span tokens: text that could still become a stop string is held back, and the
 stop string itself is never emitted. EOS and BOS (a new document) stop a sequence too; they are
 counted in ``completion_tokens`` but produce no text. Text deltas come from ``StreamDecoder``,
@@ -43,6 +48,7 @@ import torch
 
 from ..errors import PastureError
 from ..model import Transformer
+from . import packed
 from .cache import StaticCache
 from .generate import StreamDecoder, TokenizerLike, use_decode_layout
 from .sampling import sample
@@ -266,7 +272,9 @@ class Engine:
             raise PastureError(f"compile = {compile!r}: use inductor, eager, or leave it unset")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.tok_embeddings.weight.device
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and compile is None and packed.available():
+            packed.pack_linears(model, max_batch)  # the decode step's products, 2-2.7x faster
+        elif self.device.type == "cpu":
             use_decode_layout(model)
         self.cache = StaticCache(model, max_batch, max_seq_len, "lower max_batch or max_seq_len")
         self._decode_logits = self._compiled(compile)
