@@ -224,16 +224,28 @@ def _chat(args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer) ->
     """Each --prompt as one user turn through the checkpoint's chat template (the one saved
     beside it by ``pasture finetune``, else ``--chat-template``, else the default); the answer
     ends at the end-of-sequence token."""
-    from .finetune.template import DEFAULT_TEMPLATE, encode_chat, find_template, load_template
+    from .finetune.template import (
+        DEFAULT_TEMPLATE,
+        chat_variables,
+        encode_segments,
+        find_template,
+        load_template,
+    )
+    from .serve.templating import TemplateRenderer
 
     if args.chat_template:
         template = load_template(args.chat_template)
     else:
         template = find_template(Path(args.checkpoint)) or DEFAULT_TEMPLATE
-    prompts = [
-        encode_chat(tokenizer, template, [{"role": "user", "content": p}], True)[0]
-        for p in args.prompt or [""]
-    ]
+    variables = chat_variables(tokenizer)
+    with TemplateRenderer(template) as renderer:  # a checkpoint's template: time/memory bound
+        prompts = [
+            encode_segments(
+                tokenizer,
+                renderer.segments([{"role": "user", "content": p}], True, **variables),
+            )[0]
+            for p in args.prompt or [""]
+        ]
     outs = generate_tokens(
         model,
         prompts,

@@ -79,15 +79,29 @@ def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-@lru_cache(maxsize=16)
-def _compile(template: str) -> jinja2.Template:
+def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
+    return env
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template:
     try:
-        return env.from_string(template)
+        return _environment().from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise PastureError(f"chat template line {e.lineno}: {e.message}") from None
+
+
+def check_syntax(template: str) -> None:
+    """Parse only: compiling folds constant expressions (``{{ 'x' * 3000000000 }}`` runs at
+    compile time), so a template nobody has read is compiled only where limits hold
+    (``serve.templating``)."""
+    try:
+        _environment().parse(template)
     except jinja2.TemplateSyntaxError as e:
         raise PastureError(f"chat template line {e.lineno}: {e.message}") from None
 
@@ -111,7 +125,8 @@ def render(
 
 def load_template(path: str | Path | None) -> str:
     """The template in ``path`` (a Jinja file, or a Hugging Face ``tokenizer_config.json`` whose
-    ``chat_template`` is a string), or ``DEFAULT_TEMPLATE`` for None. Checked by compiling it."""
+    ``chat_template`` is a string), or ``DEFAULT_TEMPLATE`` for None. Its syntax is checked
+    (parsed, not compiled: see ``check_syntax``)."""
     if path is None:
         return DEFAULT_TEMPLATE
     path = Path(path)
@@ -129,7 +144,7 @@ def load_template(path: str | Path | None) -> str:
         if not isinstance(text, str):
             raise PastureError(f"{path}: chat_template is not one string (named templates)")
     try:
-        _compile(text)
+        check_syntax(text)
     except PastureError as e:
         raise PastureError(f"{path}: {e}") from None
     return text
@@ -202,6 +217,26 @@ def chat_segments(
     return [(text, response) for text, response in segments if text]
 
 
+def chat_variables(tokenizer: TokenizerLike) -> dict[str, str]:
+    """The variables a template sees besides the chat: ``bos_token`` and ``eos_token`` pieces."""
+    bos, eos = (tokenizer.id_to_piece(i) for i in (tokenizer.bos_id, tokenizer.eos_id))
+    return {"bos_token": bos, "eos_token": eos}
+
+
+def encode_segments(
+    tokenizer: TokenizerLike, segments: Sequence[tuple[str, bool]]
+) -> tuple[list[int], list[bool]]:
+    """``encode_chat`` of segments already rendered (``chat_segments``' output)."""
+    specials = _special_tokens(tokenizer)
+    ids: list[int] = []
+    is_response: list[bool] = []
+    for text, response in segments:
+        piece = encode_text(tokenizer, text, specials)
+        ids += piece
+        is_response += [response] * len(piece)
+    return ids, is_response
+
+
 def encode_chat(
     tokenizer: TokenizerLike,
     template: str,
@@ -212,18 +247,12 @@ def encode_chat(
 
     Each piece of ``chat_segments`` is encoded on its own, so a prompt encodes to the same ids
     in training and at generation (``add_generation_prompt=True``); ``bos_token`` and
-    ``eos_token`` are the tokenizer's pieces and become its control ids."""
-    specials = _special_tokens(tokenizer)
-    bos, eos = (tokenizer.id_to_piece(i) for i in (tokenizer.bos_id, tokenizer.eos_id))
-    ids: list[int] = []
-    is_response: list[bool] = []
-    for text, response in chat_segments(
-        template, messages, add_generation_prompt, bos_token=bos, eos_token=eos
-    ):
-        piece = encode_text(tokenizer, text, specials)
-        ids += piece
-        is_response += [response] * len(piece)
-    return ids, is_response
+    ``eos_token`` are the tokenizer's pieces and become its control ids. Renders in this
+    process, unbounded: for a template you did not write, use ``serve.templating``."""
+    variables = chat_variables(tokenizer)
+    return encode_segments(
+        tokenizer, chat_segments(template, messages, add_generation_prompt, **variables)
+    )
 
 
 __all__ = [
@@ -231,7 +260,9 @@ __all__ = [
     "ROLES",
     "TEMPLATE_FILE",
     "chat_segments",
+    "chat_variables",
     "encode_chat",
+    "encode_segments",
     "encode_text",
     "find_template",
     "load_template",

@@ -35,7 +35,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException
 
 from ..errors import PastureError
-from ..finetune.template import DEFAULT_TEMPLATE, encode_chat, find_template, load_template
+from ..finetune.template import (
+    DEFAULT_TEMPLATE,
+    chat_variables,
+    encode_segments,
+    find_template,
+    load_template,
+)
 from ..generate.engine import Engine
 from ..generate.engine import Request as EngineRequest
 from ..generate.generate import TokenizerLike
@@ -44,6 +50,7 @@ from ..model import Transformer
 from ..model.quant import QuantConfig
 from .metrics import Metrics
 from .protocol import ApiError, ChunkWriter, Parsed, new_id, parse, response
+from .templating import TemplateRenderer
 
 CHAT_PAGE = "static/chat.html"
 
@@ -76,13 +83,18 @@ class _Service:
         self.engine, self.metrics, self.tokenizer = engine, metrics, tokenizer
         self.model_name, self.chat_template, self.api_key = model_name, chat_template, api_key
         self.started = time.time()
+        # The template may come with a checkpoint: it renders in a child, bounded in time and
+        # memory (serve.templating), off the event loop (``generate`` parses in a thread).
+        self.renderer = TemplateRenderer(chat_template)
+        self.variables = chat_variables(tokenizer)
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, bos=True)
 
     def encode_messages(self, messages: Sequence[dict[str, str]]) -> list[int]:
         try:
-            return encode_chat(self.tokenizer, self.chat_template, messages, True)[0]
+            segments = self.renderer.segments(messages, True, **self.variables)
+            return encode_segments(self.tokenizer, segments)[0]
         except PastureError as e:
             raise ApiError(str(e), param="messages") from None
 
@@ -115,7 +127,9 @@ class _Service:
             body = await http.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ApiError("the request body is not valid JSON") from None
-        parsed = parse(body, chat, self.model_name, self.encode_text, self.encode_messages)
+        parsed = await asyncio.to_thread(
+            parse, body, chat, self.model_name, self.encode_text, self.encode_messages
+        )
         request = self._submit(parsed, chat)
         rid = new_id(chat)
         if parsed.stream:
@@ -216,9 +230,11 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         engine.close()
+        service.renderer.close()
 
     app = FastAPI(title="Pasture", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.metrics = engine, metrics
+    app.state.renderer = service.renderer  # the chat template's child process
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
