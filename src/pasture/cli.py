@@ -224,6 +224,7 @@ def _chat(args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer) ->
     """Each --prompt as one user turn through the checkpoint's chat template (the one saved
     beside it by ``pasture finetune``, else ``--chat-template``, else the default); the answer
     ends at the end-of-sequence token."""
+    from .finetune.rendering import TemplateRenderer
     from .finetune.template import (
         DEFAULT_TEMPLATE,
         chat_variables,
@@ -231,7 +232,6 @@ def _chat(args: argparse.Namespace, model: Transformer, tokenizer: Tokenizer) ->
         find_template,
         load_template,
     )
-    from .serve.templating import TemplateRenderer
 
     if args.chat_template:
         template = load_template(args.chat_template)

@@ -15,9 +15,9 @@ import pytest
 from serve_support import load_stories
 
 from pasture.errors import PastureError
+from pasture.finetune.rendering import TemplateRenderer
 from pasture.finetune.template import DEFAULT_TEMPLATE, chat_segments, load_template
 from pasture.serve import ServerThread, build_app
-from pasture.serve.templating import TemplateRenderer
 
 CHATS = [
     [{"role": "user", "content": "Hi"}],

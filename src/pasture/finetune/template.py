@@ -99,7 +99,7 @@ def _compile(template: str) -> jinja2.Template:
 def check_syntax(template: str) -> None:
     """Parse only: compiling folds constant expressions (``{{ 'x' * 3000000000 }}`` runs at
     compile time), so a template nobody has read is compiled only where limits hold
-    (``serve.templating``)."""
+    (``finetune.rendering``)."""
     try:
         _environment().parse(template)
     except jinja2.TemplateSyntaxError as e:
@@ -248,7 +248,7 @@ def encode_chat(
     Each piece of ``chat_segments`` is encoded on its own, so a prompt encodes to the same ids
     in training and at generation (``add_generation_prompt=True``); ``bos_token`` and
     ``eos_token`` are the tokenizer's pieces and become its control ids. Renders in this
-    process, unbounded: for a template you did not write, use ``serve.templating``."""
+    process, unbounded: for a template you did not write, use ``finetune.rendering``."""
     variables = chat_variables(tokenizer)
     return encode_segments(
         tokenizer, chat_segments(template, messages, add_generation_prompt, **variables)

@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException
 
 from ..errors import PastureError
+from ..finetune.rendering import TemplateRenderer
 from ..finetune.template import (
     DEFAULT_TEMPLATE,
     chat_variables,
@@ -50,7 +51,6 @@ from ..model import Transformer
 from ..model.quant import QuantConfig
 from .metrics import Metrics
 from .protocol import ApiError, ChunkWriter, Parsed, new_id, parse, response
-from .templating import TemplateRenderer
 
 CHAT_PAGE = "static/chat.html"
 
@@ -84,7 +84,7 @@ class _Service:
         self.model_name, self.chat_template, self.api_key = model_name, chat_template, api_key
         self.started = time.time()
         # The template may come with a checkpoint: it renders in a child, bounded in time and
-        # memory (serve.templating), off the event loop (``generate`` parses in a thread).
+        # memory (finetune.rendering), off the event loop (``generate`` parses in a thread).
         self.renderer = TemplateRenderer(chat_template)
         self.variables = chat_variables(tokenizer)
 
