@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PACKABLE = (torch.float32,)  # bfloat16 packs too, but only AVX512-BF16 CPUs run it fast
+PACKABLE = (torch.float32,)  # the dtype measured (benchmarks/RESULTS.md); bfloat16 is left to MKL
 
 
 def _reorder(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
 
 
 def available() -> bool:
-    """Whether this torch build can pack and multiply (oneDNN on CPU, x86 or ARM)."""
+    """Whether this torch build can pack and multiply (oneDNN on CPU; checked on x86 only)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
